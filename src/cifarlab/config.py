@@ -1,0 +1,115 @@
+"""Typed training configuration: the one source of defaults.
+
+Precedence, lowest first: the field defaults below, the model's registry recipe
+(``ModelEntry.recipe``), then the user's overrides (CLI flags or a study file).
+Unknown keys, wrong types and out-of-range values are rejected before any work
+starts, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import CifarlabError
+
+
+class AugmentConfig(BaseModel):
+    """Training-time augmentation. Crop/flip/cutout/mixup run batched on the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop_padding: int = Field(4, ge=0, le=16, description="random crop after zero padding by this many pixels; 0 = off")
+    hflip: bool = True
+    cutout: int = Field(0, ge=0, le=32, description="side of the cutout square in pixels; 0 = off")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # what
+    model: str = "resnet20"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    dataset: Literal["cifar100", "cifar10"] = "cifar100"
+    data: str | None = Field(None, description="Hub id, local folder/tar.gz, or 'synthetic'; None = the dataset's Hub id")
+    val_split: int = Field(0, ge=0, description="images carved (stratified) from train for validation; 0 = none")
+    # budget
+    epochs: int = Field(200, gt=0)
+    batch_size: int = Field(512, gt=0, description="per process")
+    eval_batch_size: int = Field(1024, gt=0)
+    # optimisation
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.4, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0, description="not applied to norms and biases")
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant", "multistep"] = "cosine"
+    warmup_epochs: float = Field(5.0, ge=0)
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep decay factor")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None = off")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="weight EMA decay per step; None = off")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # execution
+    seed: int = Field(0, ge=0)
+    deterministic: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
+    channels_last: bool = True
+    compile: bool = False
+    eval_every: int = Field(1, ge=1, description="evaluate the test (and val) split every N epochs; the last epoch always")
+    keep_checkpoints: int = Field(2, ge=1)
+    nan_check_every: int = Field(50, ge=1, description="steps between host checks of the device-side non-finite flag")
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_in_range(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones must be increasing fractions of training in (0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_training(self) -> "TrainConfig":
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+        return self
+
+
+def format_validation_error(err: ValidationError, prefix: str = "config") -> str:
+    """One line per bad field: ``config.lr: Input should be greater than 0 (got -1)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if e["type"] == "literal_error":
+            msg = f"{msg}"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f" (got {got!r})"
+        lines.append(f"{prefix}.{loc}: {msg}{got_s}")
+    return "; ".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_kwargs" else v
+    return out
+
+
+def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainConfig:
+    """Defaults <- the model's registry recipe <- ``overrides``; validated, with one clear error."""
+    from .models import get_entry
+
+    model = overrides.get("model", TrainConfig.model_fields["model"].default)
+    merged: dict[str, Any] = {}
+    if apply_recipe:
+        merged = _deep_merge(merged, get_entry(str(model)).recipe)
+    merged = _deep_merge(merged, overrides)
+    try:
+        return TrainConfig(**merged)
+    except ValidationError as err:
+        raise CifarlabError(format_validation_error(err)) from None
