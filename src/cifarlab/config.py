@@ -46,7 +46,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(5e-4, ge=0, description="not applied to norms and biases")
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["cosine", "linear", "constant", "multistep"] = "cosine"
-    warmup_epochs: float = Field(5.0, ge=0)
+    warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; None = min(2, 10% of epochs)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
     gamma: float = Field(0.1, gt=0, le=1, description="multistep decay factor")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -70,10 +70,16 @@ class TrainConfig(BaseModel):
             raise ValueError("milestones must be increasing fractions of training in (0, 1)")
         return v
 
+    @property
+    def warmup(self) -> float:
+        """Warm-up epochs in effect."""
+        return min(2.0, 0.1 * self.epochs) if self.warmup_epochs is None else self.warmup_epochs
+
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> "TrainConfig":
-        if self.warmup_epochs >= self.epochs and self.epochs > 1:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be shorter than epochs ({self.epochs})")
+        if self.warmup_epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs:g}) must be shorter than epochs ({self.epochs}); "
+                             f"set --warmup-epochs")
         return self
 
 
@@ -81,15 +87,13 @@ def format_validation_error(err: ValidationError, prefix: str = "config") -> str
     """One line per bad field: ``config.lr: Input should be greater than 0 (got -1)``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        msg = e["msg"]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        if e["type"] == "literal_error":
-            msg = f"{msg}"
         got = e.get("input")
         got_s = "" if isinstance(got, dict) or e["type"] == "extra_forbidden" else f" (got {got!r})"
-        lines.append(f"{prefix}.{loc}: {msg}{got_s}")
+        lines.append(f"{prefix}.{loc}: {msg}{got_s}" if loc else f"{prefix}: {msg}")
     return "; ".join(lines)
 
 

@@ -47,6 +47,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
 _ENTRY_POINTS_LOADED = False
 
 
@@ -85,6 +86,17 @@ def register_model(
     return add(fn) if fn is not None else add
 
 
+def register_alias(alias: str, target: str) -> None:
+    """A short name (e.g. the family name of the brief, ``vit``) that resolves to a registered model."""
+    if alias in _REGISTRY or alias in _ALIASES:
+        raise ValueError(f"name {alias!r} is already taken")
+    _ALIASES[alias] = target
+
+
+def aliases() -> dict[str, str]:
+    return dict(_ALIASES)
+
+
 def _load_entry_points() -> None:
     """Import third-party plugins declared under the ``cifarlab.models`` entry-point group."""
     global _ENTRY_POINTS_LOADED
@@ -98,9 +110,9 @@ def _load_entry_points() -> None:
 def get_entry(name: str) -> ModelEntry:
     _load_entry_points()
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[_ALIASES.get(name, name)]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, [*_REGISTRY, *_ALIASES], n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; `cifarlab models` lists them"
         raise CifarlabError(f"unknown model {name!r}{hint}") from None
 

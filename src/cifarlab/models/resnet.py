@@ -73,9 +73,9 @@ class BasicBlock(nn.Module):
         act: str = "relu",
     ):
         super().__init__()
-        ck = dict(conv_kwargs or {})
-        ck1 = {**ck, "act_layer": act} if conv1 == "conv" else ck
-        ck2 = {**ck, "act_layer": act} if conv2 == "conv" else ck
+        # conv_kwargs configure the replacement unit (e.g. Ghost ratio); plain convs take only the activation
+        ck1 = {"act_layer": act, **({} if conv1 == "conv" else conv_kwargs or {})}
+        ck2 = {"act_layer": act, **({} if conv2 == "conv" else conv_kwargs or {})}
         self.conv1 = create_conv(conv1, in_ch, out_ch, stride=stride, act=True, **ck1)
         self.conv2 = create_conv(conv2, out_ch, out_ch, stride=1, act=False, **ck2)
         self.attn = create_attention(attention, out_ch, **(attention_kwargs or {})) if attention else None

@@ -1,0 +1,234 @@
+"""The ``cifarlab`` command line (SPEC §9). Errors the user can fix print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import CifarlabError
+
+TRAIN_FLAGS = {  # flag -> (config field, type, help)
+    "--model": ("model", str, "registered model name (see `cifarlab models`)"),
+    "--dataset": ("dataset", str, "cifar100 (default) or cifar10"),
+    "--data": ("data", str, "Hub id, local parquet folder, cifar-*-python folder or .tar.gz, or 'synthetic[:TRAIN[:TEST]]'"),
+    "--epochs": ("epochs", int, None),
+    "--batch-size": ("batch_size", int, "per process"),
+    "--lr": ("lr", float, None),
+    "--seed": ("seed", int, None),
+    "--val-split": ("val_split", int, "carve N stratified validation images from train; selects the reported epoch"),
+    "--optimizer": ("optimizer", str, "sgd or adamw"),
+    "--weight-decay": ("weight_decay", float, None),
+    "--schedule": ("schedule", str, "cosine, linear, constant or multistep"),
+    "--warmup-epochs": ("warmup_epochs", float, None),
+    "--label-smoothing": ("label_smoothing", float, None),
+    "--grad-clip": ("grad_clip", float, None),
+    "--ema-decay": ("ema_decay", float, None),
+    "--precision": ("precision", str, "auto, bf16 or fp32"),
+}
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+    d[parts[-1]] = value
+
+
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config overrides from --config FILE, then the flags, then --set key=value (last wins)."""
+    over: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise CifarlabError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise CifarlabError(f"{path}: expected a mapping of config fields")
+        over.update(loaded)
+    for flag, (field, _, _) in TRAIN_FLAGS.items():
+        v = getattr(args, field)
+        if v is not None:
+            over[field] = v
+    if args.compile:
+        over["compile"] = True
+    if args.deterministic:
+        over["deterministic"] = True
+    if args.cutout is not None:
+        _set_dotted(over, "augment.cutout", args.cutout)
+    for item in args.set or []:
+        if "=" not in item:
+            raise CifarlabError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        _set_dotted(over, k.strip(), _parse_value(v))
+    return over
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import build_config
+    from .train import fit
+
+    cfg = build_config(train_overrides(args))
+    name = args.name or f"{cfg.model}-{cfg.dataset}-seed{cfg.seed}"
+    run_dir = Path(args.out) / name
+    result = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({run_dir / 'result.json'})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """ResNet-20 on real CIFAR-100 for a few epochs; synthetic only when no real source can be reached."""
+    import torch
+
+    from .config import build_config
+    from .data import load_data, subsample_train
+    from .train import fit
+
+    source = args.data or os.environ.get("CIFARLAB_DATA") or None
+    try:
+        data = load_data("cifar100", source)
+    except CifarlabError as e:
+        if source:
+            raise
+        print("\n" + "!" * 78 + f"\n!! No real CIFAR-100 reachable: {e}\n!! FALLING BACK TO SYNTHETIC DATA: "
+              "the accuracy below is NOT a CIFAR-100 number.\n!! Pass --data PATH (or set CIFARLAB_DATA) "
+              "to use a local copy.\n" + "!" * 78 + "\n", file=sys.stderr)
+        source = "synthetic"
+        data = load_data("cifar100", source)
+    limit = args.limit_train if args.limit_train is not None else (0 if torch.cuda.is_available() else 10_000)
+    if limit and limit < len(data.train):
+        data = subsample_train(data, limit)
+        print(f"no GPU: training on a stratified subset of {limit} images (--limit-train 0 for all)")
+    gpu = torch.cuda.is_available()  # the default recipe is batch 512 / lr 0.4; a CPU smoke run takes smaller steps
+    cfg = build_config({"model": "resnet20", "data": source, "epochs": args.epochs,
+                        "batch_size": 512 if gpu else 128, "lr": 0.4 if gpu else 0.1})
+    result = fit(cfg, Path(args.out) / "demo-resnet20", overwrite=True, data=data)
+    print(f"\nResNet-20, {args.epochs} epochs on {result['dataset']} ({result['source_kind']}, "
+          f"{result['split_sizes']}): test top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%}, "
+          f"{result['train_seconds']:.0f} s on {result['device']}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.evaluate import evaluate_run
+
+    out = evaluate_run(Path(args.run_dir), split=args.split, use_ema=not args.no_ema)
+    print(json.dumps(out) if args.json else
+          f"{out['model']} on {out['dataset']} {out['split']} ({out['images']} images, epoch {out['epoch']}): "
+          f"top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import count_macs, count_params, create, get_entry, list_models
+    from .models.complexity import MAC_CONVENTION
+
+    rows = []
+    for name in list_models(family=args.family, tier=args.tier):
+        e = get_entry(name)
+        m = create(name, num_classes=100)
+        rows.append({"name": name, "family": e.family, "tier": e.tier, "params": count_params(m),
+                     "macs": count_macs(m), "paper": e.paper})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<28} {'family':<18} {'tier':<9} {'params':>12} {'MACs (M)':>10}")
+    for r in rows:
+        print(f"{r['name']:<28} {r['family']:<18} {r['tier']:<9} {r['params']:>12,} {r['macs'] / 1e6:>10.2f}")
+    print(f"({len(rows)} models, 100 classes; {MAC_CONVENTION})")
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .train.profile import profile_model
+
+    out = profile_model(args.model, batch_size=args.batch_size, compile=args.compile, steps=args.steps)
+    if args.json:
+        print(json.dumps(out, indent=1))
+        return 0
+    for k, v in out.items():
+        print(f"{k:<28} {v:,}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k:<28} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cifarlab", description="CIFAR-100 classification research workbench")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one model and write a run folder")
+    for flag, (field, typ, hlp) in TRAIN_FLAGS.items():
+        t.add_argument(flag, dest=field, type=typ, default=None, help=hlp)
+    t.add_argument("--cutout", type=int, default=None, help="cutout square side in pixels (0 = off)")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    t.add_argument("--config", help="YAML file of config fields")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. --set augment.hflip=false")
+    t.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
+    t.add_argument("--name", help="run folder name (default: MODEL-DATASET-seedSEED)")
+    t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="delete an existing run folder and start again")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's last checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", choices=["test", "val", "train"])
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    d = sub.add_parser("demo", help="train ResNet-20 on real CIFAR-100 for a few epochs and print top-1/top-5")
+    d.add_argument("--data", help="local copy (parquet folder, cifar-100-python[.tar.gz]); default $CIFARLAB_DATA, "
+                                  "else the Hub")
+    d.add_argument("--epochs", type=int, default=5)
+    d.add_argument("--limit-train", type=int, default=None,
+                   help="stratified training subset (default: all on a GPU, 10,000 on a CPU; 0 = all)")
+    d.add_argument("--out", default="runs")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("models", help="list registered models with params and MACs")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--family")
+    m.add_argument("--tier", choices=["small", "standard"])
+    m.set_defaults(func=cmd_models)
+
+    pr = sub.add_parser("profile", help="params, MACs, train/inference speed and memory of one model on this device")
+    pr.add_argument("model")
+    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--steps", type=int, default=20)
+    pr.add_argument("--compile", action="store_true")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=cmd_profile)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CifarlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # out-of-memory gets advice; anything else is a bug and keeps its traceback
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            print("error: the device ran out of memory; try a smaller --batch-size", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

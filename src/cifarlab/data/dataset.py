@@ -1,0 +1,203 @@
+"""Decode a source once into uint8 arrays, validate it, and cache it by fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+
+from .. import CifarlabError
+from ..io import atomic_open
+from .meta import DATASETS, IMAGE_COLUMNS, DatasetInfo
+from .sources import cache_root, resolve_source
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 (N, 32, 32, 3)
+    labels: np.ndarray  # int64 (N,)
+    coarse: np.ndarray | None = None  # int64 (N,), CIFAR-100 superclasses
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> "Split":
+        return Split(self.images[idx], self.labels[idx], None if self.coarse is None else self.coarse[idx])
+
+
+@dataclass
+class CifarData:
+    name: str
+    source: str
+    kind: str
+    fingerprint: str
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+    coarse_classes: tuple[str, ...] | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stats_source: str  # "dataset constants" or "computed from train split"
+    val: Split | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split_sizes(self) -> dict[str, int]:
+        sizes = {"train": len(self.train), "test": len(self.test)}
+        if self.val is not None:
+            sizes["val"] = len(self.val)
+        return sizes
+
+
+def _decode_one(b: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(b)) as im:
+        if im.mode != "RGB":
+            raise CifarlabError(f"an image has mode {im.mode}; CIFAR images are RGB")
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _decode_images(ds: datasets.Dataset, col: str, split: str) -> np.ndarray:
+    feat = ds.features[col]
+    if isinstance(feat, datasets.Image):
+        raw = ds.cast_column(col, datasets.Image(decode=False)).with_format("arrow")[col]
+        blobs = raw.combine_chunks().field("bytes").to_pylist()
+        with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(_decode_one, blobs, chunksize=512))
+        shapes = {a.shape for a in arrays}
+        if shapes != {(32, 32, 3)}:
+            bad = next(i for i, a in enumerate(arrays) if a.shape != (32, 32, 3))
+            raise CifarlabError(f"image {bad} of the {split} split has shape {arrays[bad].shape}; CIFAR images are 32x32 RGB")
+        return np.stack(arrays)
+    x = np.asarray(ds.with_format("numpy")[col])
+    if x.shape[1:] != (32, 32, 3) or x.min() < 0 or x.max() > 255:
+        raise CifarlabError(f"the {split} split's images have shape {x.shape[1:]}; expected 32x32x3 values in 0..255")
+    return x.astype(np.uint8)
+
+
+def _decode_split(ds: datasets.Dataset, info: DatasetInfo, split: str, where: str) -> Split:
+    cols = set(ds.column_names)
+    img_col = next((c for c in IMAGE_COLUMNS if c in cols), None)
+    if img_col is None or info.label_column not in cols:
+        raise CifarlabError(
+            f"{where}: the {split} split has columns {sorted(cols)}; expected 'img' and {info.label_column!r} "
+            f"(the {info.hub_id} schema). Wrong --dataset?"
+        )
+    if len(ds) == 0:
+        raise CifarlabError(f"{where}: the {split} split is empty")
+    images = _decode_images(ds, img_col, split)
+    labels = np.asarray(ds[info.label_column], dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= info.num_classes:
+        raise CifarlabError(
+            f"{where}: {split} labels span {labels.min()}..{labels.max()}; {info.name} needs 0..{info.num_classes - 1}"
+        )
+    coarse = None
+    if info.coarse_column and info.coarse_column in cols:
+        coarse = np.asarray(ds[info.coarse_column], dtype=np.int64)
+        if coarse.min() < 0 or coarse.max() >= len(info.coarse_classes):
+            raise CifarlabError(f"{where}: {split} coarse labels outside 0..{len(info.coarse_classes) - 1}")
+    return Split(images, labels, coarse)
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+
+
+def _splits_to_arrays(train: Split, test: Split) -> dict[str, np.ndarray]:
+    out = {"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels}
+    if train.coarse is not None and test.coarse is not None:
+        out.update(train_c=train.coarse, test_c=test.coarse)
+    return out
+
+
+def _arrays_to_splits(z) -> tuple[Split, Split]:
+    c = "train_c" in z.files
+    return (Split(z["train_x"], z["train_y"], z["train_c"] if c else None),
+            Split(z["test_x"], z["test_y"], z["test_c"] if c else None))
+
+
+def load_data(dataset: str = "cifar100", source: str | None = None, val_split: int = 0, val_seed: int = 0,
+              use_cache: bool = True) -> CifarData:
+    """Load, validate and decode ``source`` (see :func:`resolve_source`) for ``dataset``.
+
+    Decoded arrays are cached under ``$CIFARLAB_CACHE`` (default ``~/.cache/cifarlab``)
+    keyed by the source's fingerprint, so a source that changed on disk is decoded again.
+    """
+    if dataset not in DATASETS:
+        raise CifarlabError(f"unknown dataset {dataset!r}; choose from {sorted(DATASETS)}")
+    info = DATASETS[dataset]
+    raw = resolve_source(source, info)
+    key = hashlib.sha256(raw.fingerprint.encode()).hexdigest()[:24]
+    cache = cache_root() / f"{info.name}-{key}-v{CACHE_VERSION}.npz"
+    if use_cache and cache.exists():
+        with np.load(cache) as z:
+            train, test = _arrays_to_splits(z)
+    else:
+        train = _decode_split(raw.dataset["train"], info, "train", raw.description)
+        test = _decode_split(raw.dataset["test"], info, "test", raw.description)
+        if use_cache:
+            _atomic_savez(cache, **_splits_to_arrays(train, test))
+    if raw.kind == "synthetic":
+        x = train.images.reshape(-1, 3).astype(np.float64) / 255.0
+        mean, std = tuple(x.mean(0).round(4).tolist()), tuple(x.std(0).round(4).tolist())
+        stats_source = "computed from train split"
+    else:
+        mean, std, stats_source = info.mean, info.std, "dataset constants"
+    data = CifarData(
+        name=info.name, source=source or info.hub_id, kind=raw.kind, fingerprint=raw.fingerprint,
+        train=train, test=test, classes=info.classes,
+        coarse_classes=info.coarse_classes if train.coarse is not None else None,
+        mean=mean, std=std, stats_source=stats_source,
+    )
+    return carve_validation(data, val_split, val_seed) if val_split else data
+
+
+def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, seed: int, what: str) -> np.ndarray:
+    if n % num_classes:
+        raise CifarlabError(f"{what} {n} must be a multiple of the number of classes ({num_classes}) to stay stratified")
+    per_class = n // num_classes
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < per_class:
+            raise CifarlabError(f"{what} {n} needs {per_class} images of class {c}; the split has {len(idx)}")
+        picked.append(rng.choice(idx, per_class, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def carve_validation(data: CifarData, n: int, seed: int = 0) -> CifarData:
+    """Move ``n`` training images (the same number per class, chosen with ``seed``) to a validation split."""
+    val_idx = _stratified_indices(data.train.labels, data.num_classes, n, seed, "--val-split")
+    keep = np.setdiff1d(np.arange(len(data.train)), val_idx)
+    if len(keep) == 0:
+        raise CifarlabError(f"--val-split {n} leaves no training images")
+    return replace(data, train=data.train.take(keep), val=data.train.take(val_idx))
+
+
+def subsample_train(data: CifarData, n: int, seed: int = 0) -> CifarData:
+    """Keep a stratified subset of ``n`` training images (for smoke runs on a CPU)."""
+    idx = _stratified_indices(data.train.labels, data.num_classes, n, seed, "the training subset")
+    return replace(data, train=data.train.take(idx), notes=[*data.notes, f"training on a stratified subset of {n} images"])
+
+
+def describe(data: CifarData) -> dict:
+    """The record of which data a run used."""
+    return {
+        "dataset": data.name, "source": data.source, "source_kind": data.kind,
+        "dataset_fingerprint": data.fingerprint, "split_sizes": data.split_sizes(),
+        "mean": list(data.mean), "std": list(data.std), "stats_source": data.stats_source,
+    }
+

@@ -1,0 +1,121 @@
+"""Loaders that keep a whole split on the device as uint8 (the fast path), or feed it from CPU workers.
+
+``DeviceLoader`` draws each epoch's order and augmentation from a generator seeded
+with (seed, epoch), so an epoch is reproducible on its own: a resumed run sees
+exactly the data an uninterrupted one would. Under data parallelism each process
+takes a disjoint, equally long slice ``perm[rank::world]`` of the same permutation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import BatchAugment, normalize
+from .dataset import Split
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**63 - 1)
+
+
+class DeviceLoader:
+    def __init__(self, split: Split, batch_size: int, mean, std, device: torch.device | str = "cpu",
+                 train: bool = False, augment: BatchAugment | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, channels_last: bool = True):
+        self.device = torch.device(device)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
+        images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
+        self.labels = torch.from_numpy(split.labels).to(self.device)
+        self.augment = augment
+        self.images = augment.prepare(images) if (train and augment) else images
+        self.mean = torch.tensor(mean, device=self.device)
+        self.std = torch.tensor(std, device=self.device)
+        self.num_samples = len(split) // world_size if train else len(split)
+        self.epoch = 0
+        self.last_indices: torch.Tensor | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.batch_size  # drop_last: every step has the same shape
+        return -(-self.num_samples // self.batch_size)
+
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(epoch_seed(self.seed, self.epoch))
+        return g
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.train:
+            for i in range(0, self.num_samples, self.batch_size):
+                x = normalize(self.images[i:i + self.batch_size], self.mean, self.std)
+                yield self._layout(x), self.labels[i:i + self.batch_size]
+            return
+        g = self._generator()
+        perm = torch.randperm(len(self.labels), device=self.device, generator=g)
+        idx = perm[self.rank::self.world_size][: self.num_samples]
+        self.last_indices = idx
+        for s in range(len(self)):
+            bi = idx[s * self.batch_size:(s + 1) * self.batch_size]
+            x = self.augment(self.images[bi], g) if self.augment else normalize(self.images[bi], self.mean, self.std)
+            yield self._layout(x), self.labels[bi]
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.channels_last else x.contiguous()
+
+
+class _PolicyDataset(Dataset):
+    def __init__(self, split: Split, policy: Callable[[torch.Tensor], torch.Tensor]):
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)  # uint8 CHW views
+        self.labels = torch.from_numpy(split.labels)
+        self.policy = policy
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.policy(self.images[i]).permute(1, 2, 0), self.labels[i]
+
+
+class CpuPolicyLoader:
+    """CPU path for per-image policies that need it (e.g. AutoAugment on uint8 CHW tensors).
+
+    Workers apply ``policy`` per image; the batch then goes to the device, where
+    crop/flip/cutout/normalise run batched as on the fast path.
+    """
+
+    def __init__(self, split: Split, batch_size: int, policy: Callable[[torch.Tensor], torch.Tensor],
+                 augment: BatchAugment, device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int = 4, channels_last: bool = True):
+        self.device = torch.device(device)
+        self.dataset = _PolicyDataset(split, policy)
+        self.batch_size, self.augment, self.seed = batch_size, augment, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.channels_last = channels_last
+        self.num_samples = len(split) // world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        perm = torch.randperm(len(self.dataset), generator=g)[self.rank::self.world_size][: self.num_samples]
+        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=perm.tolist(), drop_last=True,
+                        num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                        generator=g, persistent_workers=False)
+        gd = torch.Generator(device=self.device)
+        gd.manual_seed(epoch_seed(self.seed, self.epoch) + 1)
+        for x, y in dl:
+            x = self.augment(self.augment.prepare(x.to(self.device, non_blocking=True)), gd)
+            yield (x if self.channels_last else x.contiguous()), y.to(self.device, non_blocking=True)

@@ -1,0 +1,199 @@
+"""Resolve a ``--data`` source to a Hugging Face ``DatasetDict`` in the Hub schema.
+
+Sources: a Hub id (``uoft-cs/cifar100``), a local folder of parquet files in the
+Hub schema (``train-*.parquet`` / ``test-*.parquet``, train may span shards), the
+original ``cifar-100-python`` / ``cifar-10-batches-py`` folder or its ``.tar.gz``,
+and ``synthetic[:TRAIN[:TEST[:SEED]]]``. Each source gets a fingerprint: a
+sha256 over the source files' names and bytes, the Hub's dataset fingerprint,
+or the synthetic parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .. import CifarlabError
+from .meta import DatasetInfo
+from .synthetic import synthetic_dataset
+
+
+@dataclass
+class RawSource:
+    kind: str  # "hub" | "parquet" | "pickle" | "synthetic"
+    dataset: datasets.DatasetDict
+    fingerprint: str
+    description: str
+
+
+def _sha256_files(paths: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p.relative_to(root)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("CIFARLAB_CACHE", Path.home() / ".cache" / "cifarlab"))
+
+
+def parse_synthetic(source: str) -> tuple[int, int, int]:
+    parts = source.split(":")[1:]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise CifarlabError(f"bad synthetic source {source!r}; use synthetic[:TRAIN[:TEST[:SEED]]], e.g. synthetic:2000:500") from None
+    train, test, seed = (vals + [5000, 1000, 0][len(vals):])[:3]
+    if train <= 0 or test <= 0 or len(vals) > 3:
+        raise CifarlabError(f"bad synthetic source {source!r}; sizes must be positive: synthetic[:TRAIN[:TEST[:SEED]]]")
+    return train, test, seed
+
+
+def _load_synthetic(source: str, info: DatasetInfo) -> RawSource:
+    train, test, seed = parse_synthetic(source)
+    ds = synthetic_dataset(info, train=train, test=test, seed=seed)
+    return RawSource("synthetic", ds, f"synthetic-v1-{info.name}-{train}-{test}-{seed}", f"synthetic ({train} train / {test} test, seed {seed})")
+
+
+def _load_parquet_folder(root: Path) -> RawSource:
+    files = sorted(root.rglob("*.parquet"))
+    splits: dict[str, list[str]] = {"train": [], "test": []}
+    for f in files:
+        for split in splits:
+            if f.name.startswith(split) or f.parent.name == split:
+                splits[split].append(str(f))
+    missing = [s for s, fs in splits.items() if not fs]
+    if missing:
+        raise CifarlabError(
+            f"{root}: no {' or '.join(missing)} parquet files found (expected names like train-00000-of-00002.parquet "
+            f"and test-00000-of-00001.parquet, in the Hub layout)"
+        )
+    try:
+        ds = datasets.load_dataset("parquet", data_files=splits)
+    except Exception as e:  # pyarrow / datasets raise many types for unreadable files
+        raise CifarlabError(f"{root}: cannot read the parquet files ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    used = [Path(p) for fs in splits.values() for p in fs]
+    return RawSource("parquet", ds, _sha256_files(used, root), f"parquet folder {root}")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as e:
+        raise CifarlabError(f"{path}: not a CIFAR python pickle ({type(e).__name__})") from None
+
+
+def _pickle_split(d: dict, label_keys: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
+    if b"data" not in d:
+        raise CifarlabError("CIFAR pickle without a b'data' entry")
+    data = np.asarray(d[b"data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise CifarlabError(f"CIFAR pickle data has shape {data.shape}; expected (N, 3072) for 32x32 RGB images")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    labels = []
+    for k in label_keys:
+        if k not in d:
+            raise CifarlabError(f"CIFAR pickle without a {k!r} entry")
+        labels.append(np.asarray(d[k], dtype=np.int64))
+    return x, labels
+
+
+def _find_pickle_root(root: Path) -> Path | None:
+    for cand in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        if (cand / "meta").is_file() and (cand / "train").is_file() or (cand / "data_batch_1").is_file():
+            return cand
+    return None
+
+
+def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
+    base = _find_pickle_root(root)
+    if base is None:
+        raise CifarlabError(f"{root}: neither parquet files nor a cifar-100-python / cifar-10-batches-py folder")
+    if (base / "meta").is_file():  # CIFAR-100
+        if info.name != "cifar100":
+            raise CifarlabError(f"{base} holds CIFAR-100 pickles but --dataset is {info.name}")
+        meta = _unpickle(base / "meta")
+        fine = [n.decode() for n in meta[b"fine_label_names"]]
+        coarse = [n.decode() for n in meta[b"coarse_label_names"]]
+        keys = [b"fine_labels", b"coarse_labels"]
+        files = {"train": [base / "train"], "test": [base / "test"]}
+        names = {"fine_label": fine, "coarse_label": coarse}
+    else:  # CIFAR-10
+        if info.name != "cifar10":
+            raise CifarlabError(f"{base} holds CIFAR-10 pickles but --dataset is {info.name}")
+        meta = _unpickle(base / "batches.meta")
+        keys = [b"labels"]
+        files = {"train": sorted(base.glob("data_batch_*")), "test": [base / "test_batch"]}
+        names = {"label": [n.decode() for n in meta[b"label_names"]]}
+    features = datasets.Features({"img": datasets.Array3D((32, 32, 3), "uint8"),
+                                  **{c: datasets.ClassLabel(names=n) for c, n in names.items()}})
+    splits = {}
+    for split, paths in files.items():
+        if not all(p.is_file() for p in paths):
+            raise CifarlabError(f"{base}: missing {split} pickle file(s)")
+        parts = [_pickle_split(_unpickle(p), keys) for p in paths]
+        x = np.concatenate([p[0] for p in parts])
+        cols = {"img": x}
+        for i, col in enumerate(names):
+            cols[col] = np.concatenate([p[1][i] for p in parts])
+        splits[split] = datasets.Dataset.from_dict(cols, features=features)
+    used = [p for ps in files.values() for p in ps]
+    return RawSource("pickle", datasets.DatasetDict(splits), _sha256_files(used, base), f"python pickles {base}")
+
+
+def _extract_tar(path: Path) -> Path:
+    h = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
+    dest = cache_root() / "extracted" / h
+    if not (dest / ".complete").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(dest, filter="data")
+        except (tarfile.TarError, OSError) as e:
+            raise CifarlabError(f"{path}: cannot extract ({e})") from None
+        (dest / ".complete").touch()
+    return dest
+
+
+def _load_hub(repo_id: str, info: DatasetInfo) -> RawSource:
+    try:
+        ds = datasets.load_dataset(repo_id)
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CifarlabError(
+            f"cannot load {repo_id!r} from the Hugging Face Hub ({first}). Offline? Pass a local copy instead: "
+            f"--data /path/to/parquet-folder (Hub layout) or /path/to/cifar-100-python[.tar.gz], or --data synthetic"
+        ) from None
+    if not isinstance(ds, datasets.DatasetDict) or not {"train", "test"} <= set(ds):
+        raise CifarlabError(f"{repo_id!r} has no train and test splits")
+    fp = hashlib.sha256(f"{repo_id}:{ds['train']._fingerprint}:{ds['test']._fingerprint}".encode()).hexdigest()
+    return RawSource("hub", ds, fp, f"Hub dataset {repo_id}")
+
+
+def resolve_source(source: str | None, info: DatasetInfo) -> RawSource:
+    source = source or info.hub_id
+    if source == "synthetic" or source.startswith("synthetic:"):
+        return _load_synthetic(source, info)
+    path = Path(source).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+                return _load_pickle_folder(_extract_tar(path), info)
+            raise CifarlabError(f"{path}: expected a folder or a .tar.gz archive")
+        if any(path.rglob("*.parquet")):
+            return _load_parquet_folder(path)
+        return _load_pickle_folder(path, info)
+    if source.count("/") == 1 and not source.startswith((".", "/", "~")):
+        return _load_hub(source, info)
+    raise CifarlabError(f"data source {source!r} does not exist (expected a local path, a Hub id like uoft-cs/cifar100, or 'synthetic')")

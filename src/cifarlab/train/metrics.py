@@ -1,0 +1,134 @@
+"""Evaluation and the measurements every run records (SPEC §6)."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cifarlab
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:
+    """Top-1/top-5/loss over all batches plus the per-image predictions (kept on the device until the end)."""
+    was_training = model.training
+    model.eval()
+    preds, labels, top5_hits, losses = [], [], [], []
+    for x, y in batches:
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        losses.append(F.cross_entropy(logits, y, reduction="sum"))
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        preds.append(top[:, 0])
+        top5_hits.append((top == y[:, None]).any(1))
+        labels.append(y)
+    model.train(was_training)
+    p, y, h5 = torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy(), torch.cat(top5_hits).cpu().numpy()
+    n = len(y)
+    return {
+        "top1": float((p == y).mean()), "top5": float(h5.mean()),
+        "loss": float(torch.stack(losses).sum().item() / n), "predictions": p, "labels": y,
+    }
+
+
+def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
+    correct = np.bincount(labels, weights=(preds == labels), minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes)
+    return [round(float(c / t), 4) if t else float("nan") for c, t in zip(correct, total)]
+
+
+def superclass_accuracy(preds: np.ndarray, labels: np.ndarray, coarse: np.ndarray, num_coarse: int) -> list[float]:
+    """Fine-label accuracy grouped by each image's superclass."""
+    return per_class_accuracy(np.where(preds == labels, coarse, -1), coarse, num_coarse)
+
+
+def correctness_string(preds: np.ndarray, labels: np.ndarray) -> str:
+    """Per-image correctness on the test split as a '0'/'1' string (for paired statistics)."""
+    return "".join("1" if c else "0" for c in preds == labels)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_inference(model: nn.Module, device: torch.device, batch_size: int = 1024,
+                      autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                      max_iters: int = 50, budget_s: float = 1.0, channels_last: bool = True) -> dict:
+    """Latency at batch 1 and throughput at ``batch_size`` (medians; random inputs, 3 warm-up calls,
+    then up to ``max_iters`` timed calls or ``budget_s`` seconds, at least 3)."""
+    if device.type == "cpu":
+        batch_size = min(batch_size, 256)
+    was_training = model.training
+    model.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = {}
+    for bs, key in ((1, "latency_ms_batch1"), (batch_size, "images_per_second")):
+        x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+        times: list[float] = []
+        for i in range(max_iters + 3):
+            _sync(device)
+            t = time.perf_counter()
+            with autocast():
+                model(x)
+            _sync(device)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+                if len(times) >= 3 and sum(times) > budget_s:
+                    break
+        med = float(np.median(times))
+        out[key] = round(med * 1000, 4) if bs == 1 else round(bs / med, 1)
+    out["throughput_batch_size"] = batch_size
+    model.train(was_training)
+    return out
+
+
+def peak_memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+def git_commit() -> str:
+    root = Path(cifarlab.__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def environment(device: torch.device) -> dict:
+    import accelerate
+    import datasets
+    import transformers
+
+    return {
+        "device": device_name(device), "python": platform.python_version(), "platform": platform.platform(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "accelerate": accelerate.__version__, "datasets": datasets.__version__,
+        "transformers": transformers.__version__, "cifarlab": cifarlab.__version__, "git_commit": git_commit(),
+    }

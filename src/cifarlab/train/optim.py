@@ -1,0 +1,55 @@
+"""Optimiser and learning-rate schedule from the config.
+
+No weight decay on norms and biases (any parameter with fewer than 2 dims).
+Schedules are per step: ``transformers.get_scheduler`` for cosine / linear /
+constant with linear warm-up, and a multi-step decay at fractions of training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_scheduler
+
+from ..config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weights; skip norms, biases and what the model lists in ``no_weight_decay()`` (timm's convention:
+    position embeddings, class tokens, relative-position bias tables)."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and name not in skip else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    fused = {"foreach": True}
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup * steps_per_epoch)), max(total - 1, 0))
+    if cfg.schedule == "multistep":
+        marks = [int(m * total) for m in cfg.milestones]
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return cfg.gamma ** sum(step >= m for m in marks)
+
+        return LambdaLR(optimizer, factor)
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def steps_per_epoch(num_train: int, batch_size: int, world_size: int = 1) -> int:
+    return max(1, (num_train // world_size) // batch_size)
+

@@ -1,0 +1,169 @@
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from cifarlab import CifarlabError
+from cifarlab.data import BatchAugment, DeviceLoader, load_data
+from cifarlab.data.augment import crop_flip, pad_images
+from cifarlab.data.meta import DATASETS
+from cifarlab.data.synthetic import synthetic_dataset
+from cifar_files import tar_gz, write_cifar10_python, write_cifar100_python, write_parquet
+
+
+def test_synthetic_has_the_hub_schema():
+    ds = synthetic_dataset(DATASETS["cifar100"], train=200, test=100, seed=3)
+    assert set(ds) == {"train", "test"}
+    f = ds["train"].features
+    assert isinstance(f["img"], datasets.Image)
+    assert f["fine_label"].names[:3] == ["apple", "aquarium_fish", "baby"] and f["fine_label"].num_classes == 100
+    assert f["coarse_label"].num_classes == 20
+    assert ds["train"][0]["img"].size == (32, 32)
+
+
+def test_synthetic_is_seeded_and_stats_are_computed():
+    a = load_data("cifar100", "synthetic:300:100:7")
+    b = load_data("cifar100", "synthetic:300:100:7", use_cache=False)
+    c = load_data("cifar100", "synthetic:300:100:8", use_cache=False)
+    assert np.array_equal(a.train.images, b.train.images)
+    assert not np.array_equal(a.train.images, c.train.images)
+    assert a.stats_source == "computed from train split"
+    assert a.mean != DATASETS["cifar100"].mean
+
+
+def test_parquet_folder_with_train_shards(tmp_path):
+    write_parquet(tmp_path / "pq", train=200, test=100, shards=2)
+    d = load_data("cifar100", str(tmp_path / "pq"))
+    assert d.split_sizes() == {"train": 200, "test": 100}
+    assert d.train.images.shape == (200, 32, 32, 3) and d.train.images.dtype == np.uint8
+    assert d.train.coarse is not None and d.coarse_classes[0] == "aquatic_mammals"
+    assert d.mean == (0.5071, 0.4865, 0.4409) and d.std == (0.2673, 0.2564, 0.2762)
+    assert d.kind == "parquet" and len(d.fingerprint) == 64
+
+
+def test_changed_source_is_detected_and_decoded_again(tmp_path):
+    folder = write_parquet(tmp_path / "pq", train=100, test=100, shards=1)
+    first = load_data("cifar100", str(folder))
+    write_parquet(folder, train=100, test=100, shards=1, seed=1)  # same names, new pixels
+    second = load_data("cifar100", str(folder))
+    assert first.fingerprint != second.fingerprint
+    assert not np.array_equal(first.train.images, second.train.images)
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_cifar100_python_folder_and_tarball(tmp_path, archive):
+    base = write_cifar100_python(tmp_path)
+    src = tar_gz(base, tmp_path / "cifar-100-python.tar.gz") if archive else base
+    d = load_data("cifar100", str(src))
+    assert d.split_sizes() == {"train": 200, "test": 100}
+    assert d.kind == "pickle"
+    # the pickle stores CHW rows; the first image must come back as the HWC array written
+    from cifar_files import images
+    assert np.array_equal(d.train.images[0], images(200, seed=200)[0])
+    assert d.test.coarse is not None
+
+
+def test_cifar10_python_folder(tmp_path):
+    d = load_data("cifar10", str(write_cifar10_python(tmp_path)))
+    assert d.split_sizes() == {"train": 250, "test": 50}
+    assert d.num_classes == 10 and d.classes[0] == "airplane"
+    assert d.mean == (0.4914, 0.4822, 0.4465)
+
+
+def test_real_copy_if_present():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
+    if not root.exists():
+        pytest.skip("shared CIFAR-10 copy not present")
+    d = load_data("cifar10", str(root))
+    assert d.split_sizes() == {"train": 50000, "test": 5000}
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", "does not exist"),
+    ("columns", "expected 'img' and 'fine_label'"),
+    ("size", "32x32"),
+    ("labels", "labels span 0..149"),
+    ("empty_folder", "neither parquet files nor"),
+    ("wrong_dataset", "CIFAR-100 pickles but --dataset is cifar10"),
+])
+def test_bad_input_gives_one_clear_error(tmp_path, case, match):
+    src = {
+        "missing": lambda: tmp_path / "nope",
+        "columns": lambda: write_parquet(tmp_path / "c", train=20, test=20, shards=1, drop_label=True),
+        "size": lambda: write_parquet(tmp_path / "s", train=20, test=20, shards=1, size=28),
+        "labels": lambda: write_parquet(tmp_path / "l", train=150, test=20, shards=1, bad_labels=True),
+        "empty_folder": lambda: (tmp_path / "e").mkdir() or tmp_path / "e",
+        "wrong_dataset": lambda: write_cifar100_python(tmp_path),
+    }[case]()
+    with pytest.raises(CifarlabError, match=match) as e:
+        load_data("cifar10" if case == "wrong_dataset" else "cifar100", str(src))
+    assert "\n" not in str(e.value)
+
+
+def test_unreachable_hub_says_how_to_pass_a_local_path():
+    with pytest.raises(CifarlabError, match="--data /path/to/parquet-folder"):
+        load_data("cifar100", "nobody-here/no-such-dataset")
+
+
+def test_validation_split_is_stratified_disjoint_and_fixed():
+    d = load_data("cifar100", "synthetic:1000:100", val_split=200)
+    assert d.split_sizes() == {"train": 800, "test": 100, "val": 200}
+    assert np.bincount(d.val.labels, minlength=100).tolist() == [2] * 100
+    again = load_data("cifar100", "synthetic:1000:100", val_split=200)
+    assert np.array_equal(d.val.images, again.val.images)
+    full = load_data("cifar100", "synthetic:1000:100")
+    rows = {r.tobytes() for r in full.train.images}
+    assert {r.tobytes() for r in d.val.images} <= rows
+    assert not {r.tobytes() for r in d.val.images} & {r.tobytes() for r in d.train.images}
+    with pytest.raises(CifarlabError, match="multiple of the number of classes"):
+        load_data("cifar100", "synthetic:1000:100", val_split=150)
+
+
+def test_crop_flip_is_a_window_of_the_padded_image():
+    x = torch.arange(2 * 32 * 32 * 3, dtype=torch.int64).reshape(2, 32, 32, 3) % 251
+    xp = pad_images(x.to(torch.uint8), 4)
+    g = torch.Generator().manual_seed(0)
+    out = crop_flip(xp.repeat(50, 1, 1, 1), 4, True, g)
+    windows = set()
+    for i in range(out.shape[0]):
+        src = xp[i % 2]
+        hits = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                if torch.equal(out[i], src[dy:dy + 32, dx:dx + 32].flip(1) if f else src[dy:dy + 32, dx:dx + 32])]
+        assert hits, "every output must be a (possibly mirrored) 32x32 window of the padded image"
+        windows.add(hits[0])
+    assert len(windows) > 20 and {w[2] for w in windows} == {0, 1}
+
+
+def test_device_loader_is_a_function_of_seed_and_epoch():
+    d = load_data("cifar100", "synthetic:400:100")
+    aug = BatchAugment(d.mean, d.std, 4, True, 8)
+    mk = lambda: DeviceLoader(d.train, 64, d.mean, d.std, train=True, augment=aug, seed=5)
+    a, b = mk(), mk()
+    a.set_epoch(3), b.set_epoch(3)
+    xa, ya = next(iter(a))
+    xb, yb = next(iter(b))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    b.set_epoch(4)
+    assert not torch.equal(next(iter(b))[1], ya)
+    assert len(a) == 400 // 64 and xa.shape == (64, 3, 32, 32)
+    assert xa.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_shards_partition_each_epoch():
+    d = load_data("cifar100", "synthetic:400:100")
+    seen = []
+    for rank in range(3):
+        ld = DeviceLoader(d.train, 10, d.mean, d.std, train=True, seed=1, rank=rank, world_size=3)
+        ld.set_epoch(2)
+        list(ld)
+        seen.append(set(ld.last_indices.tolist()))
+    assert all(len(s) == 133 for s in seen)
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and not (seen[0] & seen[2])
+
+
+def test_eval_loader_normalises_with_dataset_stats():
+    d = load_data("cifar100", "synthetic:200:100")
+    x, _ = next(iter(DeviceLoader(d.test, 100, d.mean, d.std)))
+    manual = (torch.from_numpy(d.test.images[:100]).float() / 255 - torch.tensor(d.mean)) / torch.tensor(d.std)
+    torch.testing.assert_close(x, manual.permute(0, 3, 1, 2))
