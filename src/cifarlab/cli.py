@@ -22,9 +22,10 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--lr": ("lr", float, None),
     "--seed": ("seed", int, None),
     "--val-split": ("val_split", int, "carve N stratified validation images from train; selects the reported epoch"),
+    "--train-subset": ("train_subset", int, "train on a stratified subset of N images (smoke runs); 0 = all"),
     "--optimizer": ("optimizer", str, "sgd or adamw"),
     "--weight-decay": ("weight_decay", float, None),
-    "--schedule": ("schedule", str, "cosine, linear, constant or multistep"),
+    "--schedule": ("schedule", str, "cosine, linear, constant, multistep or step"),
     "--warmup-epochs": ("warmup_epochs", float, None),
     "--label-smoothing": ("label_smoothing", float, None),
     "--grad-clip": ("grad_clip", float, None),
@@ -90,7 +91,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .config import build_config
-    from .data import load_data, subsample_train
+    from .data import load_data
     from .train import fit
 
     source = args.data or os.environ.get("CIFARLAB_DATA") or None
@@ -104,12 +105,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "to use a local copy.\n" + "!" * 78 + "\n", file=sys.stderr)
         source = "synthetic"
         data = load_data("cifar100", source)
-    limit = args.limit_train if args.limit_train is not None else (0 if torch.cuda.is_available() else 10_000)
-    if limit and limit < len(data.train):
-        data = subsample_train(data, limit)
-        print(f"no GPU: training on a stratified subset of {limit} images (--limit-train 0 for all)")
     gpu = torch.cuda.is_available()  # the default recipe is batch 512 / lr 0.4; a CPU smoke run takes smaller steps
-    cfg = build_config({"model": "resnet20", "data": source, "epochs": args.epochs,
+    limit = args.limit_train if args.limit_train is not None else (0 if gpu else 10_000)
+    if limit and limit < len(data.train):
+        print(f"no GPU: training on a stratified subset of {limit} images (--limit-train 0 for all)")
+    cfg = build_config({"model": "resnet20", "data": source, "epochs": args.epochs, "train_subset": limit,
                         "batch_size": 512 if gpu else 128, "lr": 0.4 if gpu else 0.1})
     result = fit(cfg, Path(args.out) / "demo-resnet20", overwrite=True, data=data)
     print(f"\nResNet-20, {args.epochs} epochs on {result['dataset']} ({result['source_kind']}, "
@@ -208,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--compile", action="store_true")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_profile)
+
+    # Commands defined next to their feature: each module has add_commands(subparsers).
+    from .hub import add_commands as hub_commands
+    from .report.commands import add_commands as report_commands
+    from .studies.commands import add_commands as study_commands
+
+    for add in (study_commands, report_commands, hub_commands):
+        add(sub)
     return p
 
 

@@ -16,13 +16,21 @@ from . import CifarlabError
 
 
 class AugmentConfig(BaseModel):
-    """Training-time augmentation. Crop/flip/cutout/mixup run batched on the device."""
+    """Training-time augmentation, all batched on the device (``data/augment.py``, ``data/policies.py``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     crop_padding: int = Field(4, ge=0, le=16, description="random crop after zero padding by this many pixels; 0 = off")
     hflip: bool = True
+    vflip: bool = Field(False, description="random vertical flip (p = 0.5)")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation factors drawn per image "
+                                                            "from [1 - s, 1 + s]; 0 = off")
+    policy: Literal["none", "trivialaugment", "autoaugment"] = Field(
+        "none", description="TrivialAugment Wide or AutoAugment (CIFAR-10 policy), after crop/flip")
     cutout: int = Field(0, ge=0, le=32, description="side of the cutout square in pixels; 0 = off")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 = off")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0 = off; "
+                                                        "with mixup on too, each batch uses one of them (50/50)")
 
 
 class TrainConfig(BaseModel):
@@ -34,6 +42,7 @@ class TrainConfig(BaseModel):
     dataset: Literal["cifar100", "cifar10"] = "cifar100"
     data: str | None = Field(None, description="Hub id, local folder/tar.gz, or 'synthetic'; None = the dataset's Hub id")
     val_split: int = Field(0, ge=0, description="images carved (stratified) from train for validation; 0 = none")
+    train_subset: int = Field(0, ge=0, description="train on a stratified subset of this many images (smoke runs); 0 = all")
     # budget
     epochs: int = Field(200, gt=0)
     batch_size: int = Field(512, gt=0, description="per process")
@@ -45,10 +54,11 @@ class TrainConfig(BaseModel):
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0, description="not applied to norms and biases")
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["cosine", "linear", "constant", "multistep"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "multistep", "step"] = "cosine"
     warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; None = min(2, 10% of epochs)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
-    gamma: float = Field(0.1, gt=0, le=1, description="multistep decay factor")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep / step decay factor")
+    step_epochs: float = Field(30, gt=0, description="step: multiply the lr by gamma every this many epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None = off")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="weight EMA decay per step; None = off")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,29 +62,44 @@ class CifarData:
         return sizes
 
 
-def _decode_one(b: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(b)) as im:
-        if im.mode != "RGB":
-            raise CifarlabError(f"an image has mode {im.mode}; CIFAR images are RGB")
-        return np.asarray(im, dtype=np.uint8)
+def _decode_one(b: bytes | None) -> np.ndarray | str:
+    """An image's RGB pixels, or a short reason why it is not a usable CIFAR image."""
+    if b is None:
+        return "no image bytes"
+    try:
+        with Image.open(io.BytesIO(b)) as im:
+            if im.mode != "RGB":
+                return f"mode {im.mode}"
+            a = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for damaged or unknown files
+        return f"undecodable bytes ({type(e).__name__})"
+    return a if a.shape == (32, 32, 3) else f"shape {a.shape}"
 
 
-def _decode_images(ds: datasets.Dataset, col: str, split: str) -> np.ndarray:
+def _decode_images(ds: datasets.Dataset, col: str, split: str, where: str) -> np.ndarray:
     feat = ds.features[col]
     if isinstance(feat, datasets.Image):
         raw = ds.cast_column(col, datasets.Image(decode=False)).with_format("arrow")[col]
         blobs = raw.combine_chunks().field("bytes").to_pylist()
         with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
             arrays = list(pool.map(_decode_one, blobs, chunksize=512))
-        shapes = {a.shape for a in arrays}
-        if shapes != {(32, 32, 3)}:
-            bad = next(i for i, a in enumerate(arrays) if a.shape != (32, 32, 3))
-            raise CifarlabError(f"image {bad} of the {split} split has shape {arrays[bad].shape}; CIFAR images are 32x32 RGB")
+        bad = next((i for i, a in enumerate(arrays) if isinstance(a, str)), None)
+        if bad is not None:
+            raise CifarlabError(f"{where}: image {bad} of the {split} split has {arrays[bad]}; "
+                                f"CIFAR images are 32x32 RGB")
         return np.stack(arrays)
     x = np.asarray(ds.with_format("numpy")[col])
     if x.shape[1:] != (32, 32, 3) or x.min() < 0 or x.max() > 255:
-        raise CifarlabError(f"the {split} split's images have shape {x.shape[1:]}; expected 32x32x3 values in 0..255")
+        raise CifarlabError(f"{where}: the {split} split's images have shape {x.shape[1:]}; "
+                            f"expected 32x32x3 values in 0..255")
     return x.astype(np.uint8)
+
+
+def _int_column(ds: datasets.Dataset, col: str, split: str, where: str) -> np.ndarray:
+    try:
+        return np.asarray(ds[col], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise CifarlabError(f"{where}: the {split} split's {col!r} column does not hold integer class labels") from None
 
 
 def _decode_split(ds: datasets.Dataset, info: DatasetInfo, split: str, where: str) -> Split:
@@ -96,15 +112,15 @@ def _decode_split(ds: datasets.Dataset, info: DatasetInfo, split: str, where: st
         )
     if len(ds) == 0:
         raise CifarlabError(f"{where}: the {split} split is empty")
-    images = _decode_images(ds, img_col, split)
-    labels = np.asarray(ds[info.label_column], dtype=np.int64)
+    images = _decode_images(ds, img_col, split, where)
+    labels = _int_column(ds, info.label_column, split, where)
     if labels.min() < 0 or labels.max() >= info.num_classes:
         raise CifarlabError(
             f"{where}: {split} labels span {labels.min()}..{labels.max()}; {info.name} needs 0..{info.num_classes - 1}"
         )
     coarse = None
     if info.coarse_column and info.coarse_column in cols:
-        coarse = np.asarray(ds[info.coarse_column], dtype=np.int64)
+        coarse = _int_column(ds, info.coarse_column, split, where)
         if coarse.min() < 0 or coarse.max() >= len(info.coarse_classes):
             raise CifarlabError(f"{where}: {split} coarse labels outside 0..{len(info.coarse_classes) - 1}")
     return Split(images, labels, coarse)
@@ -128,6 +144,17 @@ def _arrays_to_splits(z) -> tuple[Split, Split]:
             Split(z["test_x"], z["test_y"], z["test_c"] if c else None))
 
 
+def _read_cache(path: Path) -> tuple[Split, Split] | None:
+    """The cached decoded splits, or None when there is no cache or it cannot be read (then it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            return _arrays_to_splits(z)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
+
+
 def load_data(dataset: str = "cifar100", source: str | None = None, val_split: int = 0, val_seed: int = 0,
               use_cache: bool = True) -> CifarData:
     """Load, validate and decode ``source`` (see :func:`resolve_source`) for ``dataset``.
@@ -141,9 +168,9 @@ def load_data(dataset: str = "cifar100", source: str | None = None, val_split: i
     raw = resolve_source(source, info)
     key = hashlib.sha256(raw.fingerprint.encode()).hexdigest()[:24]
     cache = cache_root() / f"{info.name}-{key}-v{CACHE_VERSION}.npz"
-    if use_cache and cache.exists():
-        with np.load(cache) as z:
-            train, test = _arrays_to_splits(z)
+    cached = _read_cache(cache) if use_cache else None
+    if cached is not None:
+        train, test = cached
     else:
         train = _decode_split(raw.dataset["train"], info, "train", raw.description)
         test = _decode_split(raw.dataset["test"], info, "test", raw.description)

@@ -62,10 +62,14 @@ class DeviceLoader:
         perm = torch.randperm(len(self.labels), device=self.device, generator=g)
         idx = perm[self.rank::self.world_size][: self.num_samples]
         self.last_indices = idx
+        plan = self.augment.mix_plan(epoch_seed(self.seed, self.epoch), len(self)) if self.augment else None
         for s in range(len(self)):
             bi = idx[s * self.batch_size:(s + 1) * self.batch_size]
             x = self.augment(self.images[bi], g) if self.augment else normalize(self.images[bi], self.mean, self.std)
-            yield self._layout(x), self.labels[bi]
+            y = self.labels[bi]
+            if plan is not None:  # mixup / cutmix: y becomes (N, classes) soft targets
+                x, y = self.augment.mix(x, y, plan[s], g)
+            yield self._layout(x), y
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.channels_last else x.contiguous()
@@ -116,6 +120,10 @@ class CpuPolicyLoader:
                         generator=g, persistent_workers=False)
         gd = torch.Generator(device=self.device)
         gd.manual_seed(epoch_seed(self.seed, self.epoch) + 1)
-        for x, y in dl:
+        plan = self.augment.mix_plan(epoch_seed(self.seed, self.epoch), len(self))
+        for s, (x, y) in enumerate(dl):
             x = self.augment(self.augment.prepare(x.to(self.device, non_blocking=True)), gd)
-            yield (x if self.channels_last else x.contiguous()), y.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            if plan is not None:
+                x, y = self.augment.mix(x, y, plan[s], gd)
+            yield (x if self.channels_last else x.contiguous()), y

@@ -19,6 +19,13 @@ CIFAR100_COARSE = (
     "large_omnivores_and_herbivores medium_mammals non-insect_invertebrates people reptiles small_mammals trees "
     "vehicles_1 vehicles_2"
 ).split()
+# The official superclass (coarse label) of each fine label, indexed like CIFAR100_FINE.
+CIFAR100_FINE_TO_COARSE = (
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
+    0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19, 5, 5, 8, 19,
+    18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+)
 CIFAR10_CLASSES = "airplane automobile bird cat deer dog frog horse ship truck".split()
 
 

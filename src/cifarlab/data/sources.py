@@ -21,6 +21,7 @@ import datasets
 import numpy as np
 
 from .. import CifarlabError
+from ..io import sha256_file
 from .meta import DatasetInfo
 from .synthetic import synthetic_dataset
 
@@ -65,6 +66,15 @@ def _load_synthetic(source: str, info: DatasetInfo) -> RawSource:
     return RawSource("synthetic", ds, f"synthetic-v1-{info.name}-{train}-{test}-{seed}", f"synthetic ({train} train / {test} test, seed {seed})")
 
 
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError ... for damaged files
+        raise CifarlabError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
 def _load_parquet_folder(root: Path) -> RawSource:
     files = sorted(root.rglob("*.parquet"))
     splits: dict[str, list[str]] = {"train": [], "test": []}
@@ -78,34 +88,54 @@ def _load_parquet_folder(root: Path) -> RawSource:
             f"{root}: no {' or '.join(missing)} parquet files found (expected names like train-00000-of-00002.parquet "
             f"and test-00000-of-00001.parquet, in the Hub layout)"
         )
+    for split, fs in splits.items():
+        if sum(_parquet_rows(Path(f)) for f in fs) == 0:
+            raise CifarlabError(f"{root}: the {split} split is empty ({len(fs)} parquet file(s) without rows)")
+    fingerprint = _sha256_files([Path(p) for fs in splits.values() for p in fs], root)
+    # datasets' own cache is keyed by file size and mtime and would serve a replaced file's old rows: key it by content
+    hf_cache = cache_root() / "datasets" / fingerprint[:16]
     try:
-        ds = datasets.load_dataset("parquet", data_files=splits)
+        ds = datasets.load_dataset("parquet", data_files=splits, cache_dir=str(hf_cache))
     except Exception as e:  # pyarrow / datasets raise many types for unreadable files
         raise CifarlabError(f"{root}: cannot read the parquet files ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    used = [Path(p) for fs in splits.values() for p in fs]
-    return RawSource("parquet", ds, _sha256_files(used, root), f"parquet folder {root}")
+    return RawSource("parquet", ds, fingerprint, f"parquet folder {root}")
 
 
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
+            d = pickle.load(f, encoding="bytes")
     except Exception as e:
         raise CifarlabError(f"{path}: not a CIFAR python pickle ({type(e).__name__})") from None
+    if not isinstance(d, dict):
+        raise CifarlabError(f"{path}: not a CIFAR python pickle (holds a {type(d).__name__}, not a dict)")
+    return d
 
 
-def _pickle_split(d: dict, label_keys: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
+def _label_names(meta: dict, key: bytes, path: Path) -> list[str]:
+    if key not in meta:
+        raise CifarlabError(f"{path}: CIFAR meta pickle without a {key!r} entry")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+
+
+def _pickle_split(path: Path, label_keys: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
+    d = _unpickle(path)
     if b"data" not in d:
-        raise CifarlabError("CIFAR pickle without a b'data' entry")
+        raise CifarlabError(f"{path}: CIFAR pickle without a b'data' entry")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise CifarlabError(f"CIFAR pickle data has shape {data.shape}; expected (N, 3072) for 32x32 RGB images")
+        raise CifarlabError(f"{path}: CIFAR pickle data has shape {data.shape}; expected (N, 3072) for 32x32 RGB images")
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     labels = []
     for k in label_keys:
         if k not in d:
-            raise CifarlabError(f"CIFAR pickle without a {k!r} entry")
-        labels.append(np.asarray(d[k], dtype=np.int64))
+            raise CifarlabError(f"{path}: CIFAR pickle without a {k!r} entry")
+        try:
+            labels.append(np.asarray(d[k], dtype=np.int64).reshape(-1))
+        except (TypeError, ValueError):
+            raise CifarlabError(f"{path}: CIFAR pickle entry {k!r} does not hold integer labels") from None
+        if len(labels[-1]) != len(x):
+            raise CifarlabError(f"{path}: CIFAR pickle has {len(x)} images but {len(labels[-1])} {k!r}")
     return x, labels
 
 
@@ -124,8 +154,8 @@ def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
         if info.name != "cifar100":
             raise CifarlabError(f"{base} holds CIFAR-100 pickles but --dataset is {info.name}")
         meta = _unpickle(base / "meta")
-        fine = [n.decode() for n in meta[b"fine_label_names"]]
-        coarse = [n.decode() for n in meta[b"coarse_label_names"]]
+        fine = _label_names(meta, b"fine_label_names", base / "meta")
+        coarse = _label_names(meta, b"coarse_label_names", base / "meta")
         keys = [b"fine_labels", b"coarse_labels"]
         files = {"train": [base / "train"], "test": [base / "test"]}
         names = {"fine_label": fine, "coarse_label": coarse}
@@ -135,14 +165,14 @@ def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
         meta = _unpickle(base / "batches.meta")
         keys = [b"labels"]
         files = {"train": sorted(base.glob("data_batch_*")), "test": [base / "test_batch"]}
-        names = {"label": [n.decode() for n in meta[b"label_names"]]}
+        names = {"label": _label_names(meta, b"label_names", base / "batches.meta")}
     features = datasets.Features({"img": datasets.Array3D((32, 32, 3), "uint8"),
                                   **{c: datasets.ClassLabel(names=n) for c, n in names.items()}})
     splits = {}
     for split, paths in files.items():
         if not all(p.is_file() for p in paths):
             raise CifarlabError(f"{base}: missing {split} pickle file(s)")
-        parts = [_pickle_split(_unpickle(p), keys) for p in paths]
+        parts = [_pickle_split(p, keys) for p in paths]
         x = np.concatenate([p[0] for p in parts])
         cols = {"img": x}
         for i, col in enumerate(names):
@@ -153,8 +183,8 @@ def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
 
 
 def _extract_tar(path: Path) -> Path:
-    h = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
-    dest = cache_root() / "extracted" / h
+    """Extract once into the cache, keyed by the archive's bytes (a replaced archive is extracted again)."""
+    dest = cache_root() / "extracted" / sha256_file(path)[:16]
     if not (dest / ".complete").exists():
         dest.mkdir(parents=True, exist_ok=True)
         try:

@@ -22,7 +22,18 @@ for _alias, _target in {
 }.items():
     register_alias(_alias, _target)
 
+
+def from_pretrained(repo_or_path, **kwargs):
+    """A saved model (folder, run folder or Hub repo id) rebuilt from the registry, in eval mode.
+
+    See :func:`cifarlab.hub.load_pretrained` for the options (``device``, ``revision``, ``token``).
+    """
+    from ..hub import from_pretrained as load  # lazy: the model zoo does not import the Hub code
+
+    return load(repo_or_path, **kwargs)
+
+
 __all__ = [
-    "ModelEntry", "aliases", "count_macs", "count_params", "create", "get_entry", "list_models",
+    "ModelEntry", "aliases", "count_macs", "count_params", "create", "from_pretrained", "get_entry", "list_models",
     "register_alias", "register_model",
 ]

@@ -128,4 +128,11 @@ def list_models(family: str | None = None, tier: str | None = None) -> list[str]
 
 def create(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     """Build a registered model from scratch (random initialisation; there are no pretrained weights)."""
-    return get_entry(name).build(num_classes=num_classes, **kwargs)
+    entry = get_entry(name)
+    try:
+        return entry.build(num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise CifarlabError(f"model {name!r} does not take {str(e).split('argument')[-1].strip()} "
+                            f"(check model_kwargs: {kwargs})") from None

@@ -5,6 +5,8 @@ manifest.json}``. A checkpoint folder is built under a temporary name, every fil
 fsynced, then renamed into place; ``manifest.json`` (written last) lists each
 file's sha256. Loading walks the checkpoints newest first and takes the first
 whose files match their checksums, saying in one line which ones it skipped.
+Temporary folders left by a write that was killed are ignored, and removed by
+the next save.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import load_model, save_model
 from ..io import atomic_open, fsync_dir, fsync_file, read_json, sha256_file, write_json
 
 _NAME = re.compile(r"^epoch-(\d{4,})$")
+_REQUIRED = ("model.safetensors", "state.pt")
 
 
 def _epoch_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -34,6 +37,8 @@ def _epoch_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(ckpt_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any],
                     ema: nn.Module | None = None, keep: int = 2) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".epoch-*"):  # left by a write that was killed; never renamed into place
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".epoch-{epoch:04d}."))
     try:
         save_model(model, str(tmp / "model.safetensors"))
@@ -65,8 +70,10 @@ def verify(path: Path) -> str | None:
         return "no manifest (interrupted while writing)"
     try:
         files = read_json(man)["files"]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):
         return "unreadable manifest"
+    if not isinstance(files, dict) or not set(_REQUIRED) <= set(files):
+        return "manifest does not list the weights and the training state"
     for name, digest in files.items():
         f = path / name
         if not f.is_file():

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data
+from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
 from ..io import read_json, write_json
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
@@ -166,26 +166,28 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     with accelerator.main_process_first():
         data = data or load_data(cfg.dataset, cfg.data, val_split=cfg.val_split)
+    if cfg.train_subset and cfg.train_subset < len(data.train):
+        data = subsample_train(data, cfg.train_subset, seed=cfg.seed)
     if cfg.batch_size > len(data.train) // world:
         raise CifarlabError(f"batch_size {cfg.batch_size} is larger than the training split per process "
                             f"({len(data.train) // world} images)")
+    _set_determinism(cfg)
+    model = create(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    params, macs = count_params(model), count_macs(model)
     resuming = False
-    if main:
+    if main:  # only now, with data and model known to be good, does the run folder appear
         resuming = _prepare_run_dir(files, cfg, resume, overwrite)
         files.error.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
-    _set_determinism(cfg)
     for n in data.notes:
         accelerator.print(n)
 
-    model = create(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
-    params, macs = count_params(model), count_macs(model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
         if cfg.ema_decay else None
 
-    aug = BatchAugment(data.mean, data.std, cfg.augment.crop_padding, cfg.augment.hflip, cfg.augment.cutout, device)
+    aug = BatchAugment.from_config(cfg.augment, data.mean, data.std, device, num_classes=data.num_classes)
     train_loader = DeviceLoader(data.train, cfg.batch_size, data.mean, data.std, device, train=True, augment=aug,
                                 seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
     eval_loaders = {s: DeviceLoader(getattr(data, s), cfg.eval_batch_size, data.mean, data.std, device,
@@ -250,7 +252,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
                 ema.update_parameters(model)
             loss_d = loss.detach()
             loss_sum += loss_d * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
+            correct += (logits.detach().argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()  # soft: mixup/cutmix
             seen += len(y)
             global_step = (epoch - 1) * spe + step
             bad = ~torch.isfinite(loss_d)

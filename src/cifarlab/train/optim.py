@@ -2,7 +2,8 @@
 
 No weight decay on norms and biases (any parameter with fewer than 2 dims).
 Schedules are per step: ``transformers.get_scheduler`` for cosine / linear /
-constant with linear warm-up, and a multi-step decay at fractions of training.
+constant with linear warm-up, a multi-step decay at fractions of training, and a
+step decay by ``gamma`` every ``step_epochs`` epochs (e.g. halve every 5 epochs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
             return cfg.gamma ** sum(step >= m for m in marks)
 
         return LambdaLR(optimizer, factor)
+    if cfg.schedule == "step":
+        every = max(1, int(round(cfg.step_epochs * steps_per_epoch)))
+
+        def step_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return cfg.gamma ** (step // every)
+
+        return LambdaLR(optimizer, step_factor)
     name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 

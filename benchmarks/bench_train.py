@@ -1,0 +1,419 @@
+"""Training speed, three ways, in one run on one device.
+
+- ``recipe``: the common recipe. A Dataset over uint8 arrays -> PIL -> RandomCrop(32, padding=4) +
+  RandomHorizontalFlip + ToTensor + Normalize (torchvision when importable, else the same steps in PIL/numpy),
+  a DataLoader with worker processes, fp32, default memory format, foreach SGD (nesterov).
+- ``engine``: cifarlab's engine loop. The split on the device as uint8 (DeviceLoader + BatchAugment: per-sample
+  crop/flip/normalise in batches), bf16 autocast on CUDA, channels_last, eager, foreach SGD (nesterov), metrics
+  accumulated on the device and the non-finite flag read every 50 steps, as ``engine.fit`` does (without
+  accelerate's wrappers, evaluation and checkpoints, which lie outside its timed steps too).
+- ``fast``: the same data and precision, the whole step replayed as one CUDA graph
+  (``cifarlab.train.fast.GraphedTrainStep``, fused SGD with an in-place LR tensor); eager on the CPU.
+
+Every path uses the same model, batch size, weight-decay groups and per-step cosine LR. Timing covers training
+steps only: the device is synchronised before and after each timed epoch; worker start-up, graph capture and
+warm-up steps come before. ``s/epoch`` is quoted for 50,000 images (50,000 / images per second).
+
+    python -m benchmarks.bench_train                  # GPU: resnet20, resnet56 x batch 128, 512 x 3 paths
+    python -m benchmarks.bench_train --quick          # CPU smoke: tiny data, a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from cifarlab.data import BatchAugment, DeviceLoader, Split
+from cifarlab.models import count_params, create, list_models
+from cifarlab.train.fast import GraphedTrainStep, make_optimizer
+
+from .common import (EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync,
+                     train_split)
+
+PATHS = ("recipe", "engine", "fast")
+LR, MOMENTUM, WEIGHT_DECAY, NAN_CHECK_EVERY = 0.1, 0.9, 5e-4, 50
+
+
+# ---------------------------------------------------------------- the common recipe's data pipeline
+
+class PilRecipe:
+    """RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize on a PIL image, without torchvision."""
+
+    def __init__(self, mean, std, pad: int = 4):
+        self.pad = pad
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        padded = Image.new(img.mode, (img.width + 2 * self.pad, img.height + 2 * self.pad))
+        padded.paste(img, (self.pad, self.pad))
+        top = int(torch.randint(0, 2 * self.pad + 1, (1,)))  # drawn as torchvision draws them
+        left = int(torch.randint(0, 2 * self.pad + 1, (1,)))
+        img = padded.crop((left, top, left + 32, top + 32))
+        if torch.rand(1) < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std
+
+
+def recipe_transform(mean, std) -> tuple[Callable, str]:
+    try:
+        import torchvision
+        from torchvision import transforms as T
+    except ImportError:
+        return PilRecipe(mean, std), "PIL + numpy (torchvision not importable)"
+    return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                      T.Normalize(mean, std)]), f"torchvision {torchvision.__version__}"
+
+
+class RecipeDataset(Dataset):
+    def __init__(self, split: Split, transform: Callable):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+# ---------------------------------------------------------------- one training path = setup + epochs of steps
+
+def weight_decay_groups(model: nn.Module) -> list[dict]:
+    """As cifarlab.train.optim.param_groups: no decay on norms and biases."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
+
+
+def cosine_lr(step: int, total: int) -> float:
+    return LR * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+@dataclass
+class Setup:
+    model: str
+    batch: int
+    split: Split
+    mean: tuple
+    std: tuple
+    device: torch.device
+    workers: int
+    total_steps: int  # length of the cosine LR schedule
+
+
+class TrainPath(ABC):
+    """A model, optimiser and loader; ``epoch(n, max_steps)`` trains and returns the number of images used."""
+
+    name: str
+
+    def __init__(self, s: Setup):
+        self.s, self.device, self.global_step = s, s.device, 0
+        self.model = create(s.model, num_classes=100)
+        self.params = count_params(self.model)
+        self.loss_sum = torch.zeros((), device=s.device)
+        self.images = 0
+
+    def epoch(self, epoch: int, max_steps: int | None = None) -> int:
+        images = 0
+        for i, (x, y) in enumerate(self.batches(epoch)):
+            if max_steps is not None and i >= max_steps:
+                break
+            self.train_step(x, y, cosine_lr(self.global_step, self.s.total_steps))
+            self.global_step += 1
+            images += len(y)
+            if self.global_step % NAN_CHECK_EVERY == 0:
+                self.check_finite()
+        self.images += images
+        return images
+
+    def mean_loss(self) -> float:
+        return self.loss_sum.item() / max(self.images, 1)
+
+    def check_finite(self) -> None:
+        """The common recipe has no non-finite check; the device paths read their flag here."""
+
+    @abstractmethod
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    @abstractmethod
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None: ...
+
+    @abstractmethod
+    def describe(self) -> dict: ...
+
+
+class RecipePath(TrainPath):
+    name = "recipe"
+
+    def __init__(self, s: Setup):
+        super().__init__(s)
+        self.model = self.model.to(s.device)
+        self.optimizer = torch.optim.SGD(weight_decay_groups(self.model), lr=LR, momentum=MOMENTUM, nesterov=True,
+                                         foreach=True)
+        transform, self.transforms = recipe_transform(s.mean, s.std)
+        self.loader = DataLoader(RecipeDataset(s.split, transform), batch_size=s.batch, shuffle=True, drop_last=True,
+                                 num_workers=s.workers, pin_memory=s.device.type == "cuda",
+                                 persistent_workers=s.workers > 0)
+
+    def batches(self, epoch):
+        return iter(self.loader)
+
+    def train_step(self, x, y, lr):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach() * len(y)
+
+    def describe(self):
+        return {"precision": "fp32", "memory_format": "contiguous", "graphed": False, "optimizer": "SGD foreach",
+                "loader": f"DataLoader ({self.s.workers} workers, {self.transforms})"}
+
+
+class DevicePath(TrainPath):
+    """Shared by ``engine`` and ``fast``: the split on the device, augmented in batches, bf16 on CUDA."""
+
+    def __init__(self, s: Setup):
+        super().__init__(s)
+        self.model = self.model.to(s.device, memory_format=torch.channels_last)
+        self.autocast_dtype = torch.bfloat16 if s.device.type == "cuda" else None
+        aug = BatchAugment(s.mean, s.std, crop_padding=4, hflip=True, device=s.device)
+        self.loader = DeviceLoader(s.split, s.batch, s.mean, s.std, s.device, train=True, augment=aug, seed=0)
+
+    def batches(self, epoch):
+        self.loader.set_epoch(epoch)
+        return iter(self.loader)
+
+    def describe(self):
+        return {"precision": "bf16 autocast" if self.autocast_dtype else "fp32", "memory_format": "channels_last",
+                "loader": "DeviceLoader + BatchAugment"}
+
+
+class EnginePath(DevicePath):
+    name = "engine"
+
+    def __init__(self, s: Setup):
+        super().__init__(s)
+        self.optimizer = torch.optim.SGD(weight_decay_groups(self.model), lr=LR, momentum=MOMENTUM, nesterov=True,
+                                         foreach=True)
+        self.correct = torch.zeros((), dtype=torch.long, device=s.device)
+        self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=s.device)
+
+    def train_step(self, x, y, lr):
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        loss_d = loss.detach()
+        self.loss_sum += loss_d * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        bad = ~torch.isfinite(loss_d) & (self.nonfinite_step < 0)
+        self.nonfinite_step = torch.where(bad, self.global_step, self.nonfinite_step)
+
+    def check_finite(self):
+        if self.nonfinite_step.item() >= 0:
+            raise SystemExit(f"engine path: non-finite loss at step {self.nonfinite_step.item()}")
+
+    def describe(self):
+        return {**super().describe(), "graphed": False, "optimizer": "SGD foreach"}
+
+
+class FastPath(DevicePath):
+    name = "fast"
+
+    def __init__(self, s: Setup):
+        super().__init__(s)
+        optimizer = make_optimizer(weight_decay_groups(self.model), "sgd", LR, s.device, momentum=MOMENTUM)
+        x, y = next(self.batches(0))
+        with Timer(s.device) as t:
+            self.step = GraphedTrainStep(self.model, optimizer, F.cross_entropy, x, y,
+                                         autocast_dtype=self.autocast_dtype)
+        self.capture_seconds = t.seconds
+        self.loss_sum = self.step.loss_sum
+
+    def train_step(self, x, y, lr):
+        self.step.step(x, y, lr)
+
+    def check_finite(self):
+        bad = self.step.first_nonfinite_step()
+        if bad is not None:
+            raise SystemExit(f"fast path: non-finite loss at step {bad}")
+
+    def describe(self):
+        kind = "SGD fused" if self.device.type == "cuda" else "SGD single-tensor"
+        out = {**super().describe(), "graphed": self.step.graphed, "optimizer": f"{kind}, LR tensor"}
+        if self.step.graphed:
+            out["capture_seconds"] = round(self.capture_seconds, 3)  # warm-up steps + capture, before timing
+        return out
+
+
+PATH_CLASSES = {"recipe": RecipePath, "engine": EnginePath, "fast": FastPath}
+
+
+def profile_summary(path: TrainPath, steps: int, device: torch.device, top: int = 12) -> dict:
+    """torch.profiler over ``steps`` more steps: wall time, summed kernel time (far below the wall time: launch-
+    or host-bound), the costliest kernels (CUDA) or ops (CPU)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with Timer(device) as t, profile(activities=acts) as prof:
+        path.epoch(10_000, max_steps=steps)
+        sync(device)
+    events = prof.key_averages()
+    if cuda:  # the kernels themselves (device-side events), as the profiler's own "Self CUDA" total counts them
+        stat, events = "self_device_time_total", [e for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        stat = "self_cpu_time_total"
+    busy = sum(e.self_device_time_total for e in events) if cuda else None
+    ranked = sorted(events, key=lambda e: getattr(e, stat), reverse=True)[:top]
+    return {"steps": steps, "wall_us": round(t.seconds * 1e6), "kernel_us": busy and round(busy),
+            "ranked_by": "kernel time" if cuda else "self CPU time",
+            "top": [{"name": e.key, "calls": e.count, "us": round(getattr(e, stat))} for e in ranked]}
+
+
+def measure(path_name: str, model_name: str, batch: int, split: Split, mean, std, device, args) -> dict:
+    steps_per_epoch = len(split) // batch
+    setup = Setup(model_name, batch, split, mean, std, device, args.workers,
+                  total_steps=args.warmup_steps + args.epochs * steps_per_epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    path = PATH_CLASSES[path_name](setup)
+    with Timer(device) as warm:
+        path.epoch(0, max_steps=args.warmup_steps)
+    epoch_seconds, images = [], 0
+    for e in range(1, args.epochs + 1):
+        with Timer(device) as t:
+            images += path.epoch(e)
+        epoch_seconds.append(t.seconds)
+    path.check_finite()
+    profile = None
+    if args.profile_steps:
+        try:
+            profile = profile_summary(path, args.profile_steps, device)
+        except Exception as e:  # the timing above stands without it
+            profile = {"error": f"{type(e).__name__}: {e}"[:500]}
+    ips = images / sum(epoch_seconds)
+    record = {"path": path_name, "model": model_name, "params": path.params, "batch_size": batch,
+              "images_per_second": round(ips, 1), "seconds_per_epoch": round(EPOCH_IMAGES / ips, 4),
+              "epoch_seconds": [round(s, 4) for s in epoch_seconds], "timed_epochs": args.epochs,
+              "timed_steps": images // batch, "timed_images": images,
+              "warmup_steps": args.warmup_steps, "warmup_seconds": round(warm.seconds, 3),
+              "train_loss": round(path.mean_loss(), 4),
+              "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+              **path.describe()}
+    if profile:
+        record["profile"] = profile
+    del path
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def print_profile(prof: dict) -> None:
+    if "error" in prof:
+        print(f"    profile failed: {prof['error']}")
+        return
+    busy = prof["kernel_us"]
+    share = f", kernels {busy / prof['wall_us']:.0%} of it" if busy else ""
+    print(f"    profile of {prof['steps']} steps: {prof['wall_us'] / 1e3:.1f} ms wall{share}; top ops by "
+          f"{prof['ranked_by']}:")
+    for e in prof["top"]:
+        print(f"      {e['us'] / 1e3:9.2f} ms {e['calls']:>7} calls  {e['name'][:90]}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="resnet20,resnet56", help="registry names, comma-separated, or 'all'")
+    p.add_argument("--batches", default=None, help="batch sizes, comma-separated (default 128,512; --quick 16,32)")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
+    p.add_argument("--epochs", type=int, default=None, help="timed epochs per configuration (default 2; --quick 1)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 30; --quick 1)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the recipe (default 4 on CUDA, "
+                                                                  "0 on the CPU)")
+    p.add_argument("--images", type=int, default=None, help="random training images (default 50000; --quick 64)")
+    p.add_argument("--data", default=None, help="a real CIFAR-100 source instead of random images (needs `datasets`)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--profile-steps", type=int, default=0, help="after timing, run this many steps under "
+                                                                  "torch.profiler and record the costliest ops")
+    p.add_argument("--quick", action="store_true", help="a CPU smoke run: tiny data, a few steps")
+    p.add_argument("--out", default=str(RESULTS), help="folder for the JSON record")
+    p.add_argument("--no-save", action="store_true", help="print only")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.batches = csv_ints(args.batches or ("16,32" if q else "128,512"))
+    unknown = set(csv_strs(args.paths)) - set(PATHS)
+    if unknown:
+        p.error(f"unknown paths {sorted(unknown)}; choose from {','.join(PATHS)}")
+    args.models = list_models() if args.models == "all" else csv_strs(args.models)
+    args.paths = [name for name in PATHS if name in csv_strs(args.paths)]  # the recipe first: speed-ups divide by it
+    args.epochs = args.epochs or (1 if q else 2)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (1 if q else 30)
+    args.images = args.images or (64 if q else EPOCH_IMAGES)
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    if args.workers is None:
+        args.workers = 4 if device.type == "cuda" else 0
+    torch.backends.cudnn.benchmark = True
+    split, mean, std, data_desc = train_split(args.data, args.images)
+    too_big = [b for b in args.batches if b > len(split)]
+    if too_big:
+        raise SystemExit(f"batch sizes {too_big} exceed the {len(split)} training images")
+    record = header("train", device, args.quick, data_desc, {k: v for k, v in vars(args).items() if k != "out"})
+    print(f"{record['device']} | torch {torch.__version__} (CUDA {torch.version.cuda}) | {data_desc}"
+          f"{' | QUICK smoke run' if args.quick else ''}")
+    results = []
+    for model_name in args.models:
+        for batch in args.batches:
+            base = None
+            for path_name in args.paths:
+                try:
+                    r = measure(path_name, model_name, batch, split, mean, std, device, args)
+                except Exception as e:  # one model that cannot be captured (or OOMs) must not end the whole run
+                    results.append({"path": path_name, "model": model_name, "batch_size": batch,
+                                    "error": f"{type(e).__name__}: {e}"[:500]})
+                    print(f"{model_name:>10} batch {batch:>4} {path_name:>6}: FAILED {results[-1]['error']}")
+                    gc.collect()
+                    continue
+                base = r["images_per_second"] if path_name == "recipe" else base
+                r["speedup_vs_recipe"] = round(r["images_per_second"] / base, 2) if base else None
+                results.append(r)
+                speed = f"{r['speedup_vs_recipe']:.2f}x recipe" if base else ""
+                print(f"{model_name:>10} batch {batch:>4} {path_name:>6}: {r['images_per_second']:>10,.0f} img/s "
+                      f"{r['seconds_per_epoch']:>8.3f} s/epoch  {speed}  ({r['timed_steps']} steps timed; "
+                      f"{r['precision']}, {r['loader']}, graphed={r['graphed']})", flush=True)
+                if "profile" in r:
+                    print_profile(r["profile"])
+    record["results"] = results
+    if not args.no_save:
+        print(f"wrote {save(record, 'train', args.out, device)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

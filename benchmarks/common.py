@@ -1,0 +1,108 @@
+"""What both benchmarks share: device and environment description, data, synchronised timing, JSON records."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import cifarlab
+from cifarlab.data import Split
+from cifarlab.data.meta import DATASETS
+from cifarlab.io import write_json
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "benchmarks"
+EPOCH_IMAGES = 50_000  # s/epoch is always quoted for CIFAR's 50,000 training images
+
+
+def pick_device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(device: torch.device) -> dict:
+    return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cifarlab": cifarlab.__version__, "git_commit": git_commit()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_split(data: str | None, images: int, seed: int = 0) -> tuple[Split, tuple, tuple, str]:
+    """CIFAR-100's training split from ``data`` (any cifarlab source), or random uint8 images of its shape."""
+    if data:
+        from cifarlab.data import load_data  # only here: loading a real source needs `datasets`
+
+        d = load_data("cifar100", data)
+        return d.train, d.mean, d.std, f"{d.name} train split from {data} ({len(d.train)} images)"
+    rng = np.random.default_rng(seed)
+    split = Split(rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+                  rng.integers(0, 100, images, dtype=np.int64))
+    info = DATASETS["cifar100"]
+    return split, info.mean, info.std, f"random uint8 images of CIFAR's shape ({images}, seed {seed})"
+
+
+class Timer:
+    """Wall time of device work: synchronises before starting and before reading."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self) -> "Timer":
+        sync(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def save(record: dict, bench: str, out_dir: Path, device: torch.device) -> Path:
+    """Write ``record`` to ``out_dir/<device-slug>-<UTC date-time>-<bench>.json`` (never overwriting a run)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(out_dir) / f"{device_slug(device)}-{stamp}-{bench}.json"
+    write_json(path, record)
+    return path
+
+
+def header(bench: str, device: torch.device, quick: bool, data: str, args: dict) -> dict:
+    return {"benchmark": bench, "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "device": device_name(device), "device_slug": device_slug(device), "quick": quick,
+            "environment": environment(device), "data": data, "epoch_images": EPOCH_IMAGES, "args": args}
+
+
+def csv_ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def csv_strs(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]

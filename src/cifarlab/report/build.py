@@ -1,0 +1,140 @@
+"""``build_report``: records -> tables, figures and the written report in one folder.
+
+Layout of the output folder (``<ds>/`` only with several datasets)::
+
+    report.md                     the written report
+    tables/[<ds>/]<study>.{md,tex,csv}
+    figures/[<ds>/]<study>/<kind>.{png,svg}
+    figures/[<ds>/]gradcam-<run>.{png,svg}
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import CifarlabError
+from ..io import atomic_open, read_json
+from . import figures as fg
+from .gradcam import gradcam_figure
+from .records import Run, by_dataset, discover, load_run, load_runs
+from .summary import Row, Table, build_tables
+from .tables import csv_text, latex, markdown
+from .writeup import FigureSet, Section, report_markdown, results_page, results_page_empty
+
+
+class ReportOptions(BaseModel):
+    """What to report and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[Path] = Field(min_length=1, description="run folders, study folders or results/")
+    out: Path
+    split_by_dataset: bool = Field(False, description="one section per dataset instead of refusing mixed data")
+    baselines: list[str] = Field(default_factory=list, description="variant or model names to compare against")
+    focus: str | None = Field(None, description="variant shown in the error figures; default: the most accurate")
+    gradcam: list[Path] = Field(default_factory=list, description="run folders to draw Grad-CAM examples for")
+    gradcam_images: int = Field(8, ge=1, le=16)
+
+
+def _write_text(path: Path, text: str) -> Path:
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _focus_row(table: Table, name: str | None) -> Row:
+    if name:
+        for r in table.rows:
+            if name in (r.name, r.variant.model):
+                return r
+    return max(table.rows, key=lambda r: r.top1.mean)
+
+
+def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
+    figs = FigureSet()
+
+    def add(kind: str, paths: list[Path] | None, why: str) -> None:
+        if paths:
+            figs.paths[kind] = paths[0]
+        else:
+            figs.missing[kind] = why
+
+    baseline = next((r for r in table.rows if focus.baseline is not None and r.variant is focus.baseline), None) \
+        or next((r for r in table.rows if r.is_baseline and r is not focus), None)
+    no_preds = "the records carry no per-image test predictions"
+    add("accuracy_bars", fg.accuracy_bars(table, folder / "accuracy_bars"), "")
+    add("delta_forest", fg.delta_forest(table, folder / "delta_forest"), "no variant has a baseline to compare with")
+    add("accuracy_vs_params", fg.accuracy_vs_params(table, folder / "accuracy_vs_params"), "")
+    add("accuracy_vs_macs", fg.accuracy_vs_macs(table, folder / "accuracy_vs_macs"), "")
+    add("accuracy_vs_time", fg.accuracy_vs_time(table, folder / "accuracy_vs_time"), "no run recorded its time")
+    add("training_curves", fg.training_curves(table, folder / "training_curves"), "no run folder has metrics.jsonl")
+    add("confusion", fg.confusion_matrix(focus, folder / "confusion"), no_preds)
+    if table.dataset == "cifar100":
+        add("superclass_confusion", fg.superclass_confusion(focus, folder / "superclass_confusion"),
+            "the records' superclass labels follow neither the official CIFAR-100 mapping nor the synthetic one, "
+            "or they carry no per-image predictions")
+        add("per_superclass", fg.per_superclass_accuracy(focus, baseline, folder / "per_superclass"),
+            "the records carry no per-superclass accuracy")
+    add("per_class", fg.per_class_accuracy(focus, baseline, folder / "per_class"),
+        "the records carry no per-class accuracy")
+    return figs
+
+
+def _gradcam(run_dir: Path, folder: Path, n: int, runs: list[Run]) -> tuple[Run | None, Path, dict]:
+    record = load_run(run_dir / "result.json")
+    png = gradcam_figure(run_dir, folder / f"gradcam-{_slug(run_dir.parent.name + '-' + run_dir.name)}", n)[0]
+    known = next((r for r in runs if r.root.resolve() == run_dir.resolve()), None)
+    return known, png, record.record
+
+
+def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
+    """Write the report folder; returns the path of report.md and the sections it holds."""
+    runs = load_runs(opts.paths)
+    if not runs:
+        raise CifarlabError(f"no result.json under {', '.join(map(str, opts.paths))}")
+    groups = by_dataset(runs, opts.split_by_dataset)
+    out = opts.out
+    gradcam_keys = {}
+    for g in opts.gradcam:
+        if not (g / "result.json").is_file():
+            raise CifarlabError(f"--gradcam {g}: not a finished run folder (no result.json)")
+        rec = read_json(g / "result.json")
+        key = (rec.get("dataset"), rec.get("dataset_fingerprint"))
+        if key not in groups:
+            raise CifarlabError(f"--gradcam {g}: its data ({key[0]}, {key[1]}) is not among the reported runs")
+        gradcam_keys.setdefault(key, []).append(g)
+    sections = []
+    for (dataset, fp), ds_runs in groups.items():
+        sub = Path(_slug(f"{dataset}-{fp[:16]}")) if len(groups) > 1 else Path()
+        tables = build_tables(ds_runs, opts.baselines)
+        figs, files, focus = {}, {}, {}
+        for t in tables:
+            tdir = out / "tables" / sub
+            files[t.slug] = {"csv": _write_text(tdir / f"{t.slug}.csv", csv_text(t)),
+                             "tex": _write_text(tdir / f"{t.slug}.tex", latex(t)),
+                             "md": tdir / f"{t.slug}.md"}
+            _write_text(files[t.slug]["md"], f"# {t.title} — {t.dataset} (fingerprint {t.fingerprint})\n\n"
+                        + markdown(t, tdir))
+            focus[t.slug] = _focus_row(t, opts.focus)
+            figs[t.slug] = _draw(t, focus[t.slug], out / "figures" / sub / t.slug)
+        cams = [_gradcam(g, out / "figures" / sub, opts.gradcam_images, ds_runs)
+                for g in gradcam_keys.get((dataset, fp), [])]
+        sections.append(Section(dataset, fp, ds_runs, tables, figs, files, focus, cams))
+    return _write_text(out / "report.md", report_markdown(sections, out)), sections
+
+
+def write_results_page(results: Path, report_out: Path, page: Path) -> tuple[Path, Path | None]:
+    """The reference-results page (docs/results.md): every dataset under ``results`` (one section each) with its
+    tables, the full report in ``report_out``; or, with no records, a page that says there are none.
+    Returns the page and the report (None when there were no records)."""
+    if not (results.is_dir() and discover([results])):
+        return _write_text(page, results_page_empty(results, report_out, page)), None
+    report, sections = build_report(ReportOptions(paths=[results], out=report_out, split_by_dataset=True))
+    return _write_text(page, results_page(sections, results, report_out, page, report)), report

@@ -1,0 +1,45 @@
+"""``cifarlab report PATH... --out DIR``: tables, figures and a written report from run records."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import CifarlabError
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .build import ReportOptions, build_report, write_results_page
+
+    if args.page:
+        if len(args.paths) != 1:
+            raise CifarlabError("--page takes exactly one PATH (the results folder)")
+        page, report = write_results_page(Path(args.paths[0]), Path(args.out), Path(args.page))
+        print(f"wrote {page}" + (f" and {report}" if report else f" (no run records under {args.paths[0]})"))
+        return 0
+    report, sections = build_report(ReportOptions(
+        paths=args.paths, out=args.out, split_by_dataset=args.split_by_dataset, baselines=args.baseline or [],
+        focus=args.focus, gradcam=args.gradcam or [], gradcam_images=args.gradcam_images))
+    n_runs = sum(len(s.runs) for s in sections)
+    n_rows = sum(len(t.rows) for s in sections for t in s.tables)
+    print(f"{n_runs} runs, {n_rows} variants -> {report} (tables/ and figures/ beside it)")
+    return 0
+
+
+def add_commands(sub) -> None:
+    r = sub.add_parser("report", help="tables, figures and a written report from run records")
+    r.add_argument("paths", nargs="+", metavar="PATH", help="run folders, study folders or results/ "
+                                                            "(searched for result.json)")
+    r.add_argument("--out", required=True, help="folder for report.md, tables/ and figures/")
+    r.add_argument("--split-by-dataset", action="store_true",
+                   help="one section per dataset (and fingerprint) instead of refusing mixed data")
+    r.add_argument("--baseline", action="append", metavar="NAME",
+                   help="variant or model to compare against (repeat for one per tier); default: a variant "
+                        "named 'baseline', else the plain ResNets")
+    r.add_argument("--focus", metavar="NAME", help="variant for the confusion and per-class figures "
+                                                   "(default: the most accurate)")
+    r.add_argument("--gradcam", action="append", metavar="RUN_DIR", help="draw Grad-CAM examples for this run")
+    r.add_argument("--gradcam-images", type=int, default=8, help="test images per Grad-CAM figure (default 8)")
+    r.add_argument("--page", metavar="FILE", help="write the reference-results page (e.g. docs/results.md) for "
+                                                  "the one PATH; an empty PATH gives a page that says so")
+    r.set_defaults(func=cmd_report)

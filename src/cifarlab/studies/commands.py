@@ -1,0 +1,103 @@
+"""``cifarlab study plan|run|table``: the CLI of the study runner."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import CifarlabError
+from .runner import plan_lines, run_study, study_records
+from .spec import Study, load_study, parse_shard
+from .stats import format_table, records_in, summary_table
+
+
+def _set_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``--set key.sub=value`` items (YAML values) as a nested overrides mapping."""
+    over: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CifarlabError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        d = over
+        *parents, last = key.strip().split(".")
+        for p in parents:
+            d = d.setdefault(p, {})
+        d[last] = yaml.safe_load(value)
+    return over
+
+
+def _study(args: argparse.Namespace) -> Study:
+    patterns = [p.strip() for p in args.variants.split(",") if p.strip()] if args.variants else None
+    return load_study(args.file, _set_overrides(args.set)).select(patterns)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    lines, ok = plan_lines(_study(args), args.out, parse_shard(args.shard))
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    outcomes = run_study(_study(args), args.out, parse_shard(args.shard), progress=not args.no_progress)
+    return 1 if any(o.status in ("failed", "changed") for o in outcomes) else 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    if path.is_dir():
+        if args.variants or args.set:
+            raise CifarlabError("--variants and --set need a study file, not a folder")
+        variants, records = records_in(path)
+        title = f"study folder {path}"
+    else:
+        study = _study(args)
+        variants, records = study.describe()["variants"], study_records(study, args.out)
+        title = f"study {study.name} ({study.source}), runs under {Path(args.out) / study.name}"
+    if args.baseline:
+        names = [v["name"] for v in variants]
+        if args.baseline not in names:
+            raise CifarlabError(f"--baseline {args.baseline!r} is not a variant; variants: {', '.join(names)}")
+        variants = [{**v, "baseline": args.baseline} for v in variants]
+    rows = summary_table(variants, records)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        done = sum(r["n_seeds"] for r in rows)
+        print(format_table(rows, f"{title}: {done} finished runs"))
+    return 0
+
+
+def add_commands(sub) -> None:
+    s = sub.add_parser("study", help="plan, run and tabulate studies (YAML files of variants x seeds)")
+    ss = s.add_subparsers(dest="study_command", required=True)
+
+    def common(p: argparse.ArgumentParser, file_help: str) -> None:
+        p.add_argument("file", help=file_help)
+        p.add_argument("--out", default="runs", help="folder that holds the study folders (default: runs)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a config field in every run, e.g. --set epochs=30 (changes the runs' configs)")
+        p.add_argument("--variants", metavar="PATTERNS",
+                       help="comma-separated shell patterns of variant names, e.g. 'resnet20*,eca_resnet20*' "
+                            "(their baselines are included)")
+
+    p = ss.add_parser("plan", help="list the runs, which are done, and the device time left")
+    common(p, "study YAML file")
+    p.add_argument("--shard", default="0/1", metavar="I/N", help="only shard I of N (0-based)")
+    p.set_defaults(func=cmd_plan)
+
+    r = ss.add_parser("run", help="run what is missing: skip finished runs, resume interrupted ones, record failures")
+    common(r, "study YAML file")
+    r.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run shard I of N (0-based): every N-th run starting at I; shards' folders merge by copying")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch and per-run lines only)")
+    r.set_defaults(func=cmd_run)
+
+    t = ss.add_parser("table", help="mean ± std per variant and Δ vs the baseline with a 95%% CI")
+    common(t, "study YAML file, or a study folder <out>/<study>")
+    t.add_argument("--baseline", help="compare every variant with this one instead of the file's baselines")
+    t.add_argument("--json", action="store_true", help="print the rows as JSON")
+    t.set_defaults(func=cmd_table)

@@ -1,0 +1,287 @@
+"""Plan and run a study: what is done, what is left, what it will cost; run what is missing.
+
+Each run is a normal engine run folder ``<out>/<study>/<variant>/seed<k>``. Its
+state is read from the folder alone, so a study can be stopped at any point,
+re-run, sharded over machines and merged by copying folders:
+
+- done: ``result.json`` exists (and ``config.json`` matches the study) -> skipped;
+- interrupted: checkpoints or a config but no result -> resumed from the last checkpoint;
+- failed: ``error.json`` (written by the runner, or by the engine on a non-finite loss) -> tried again;
+- changed: the folder holds a run of a different config (the study file was edited) -> reported, never
+  overwritten; move the folder away to run it again;
+- todo: nothing there yet.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean, median
+from typing import Any, Callable
+
+from ..data import load_data
+from ..data.sources import parse_synthetic
+from ..io import read_json, write_json
+from ..train import RunFiles, fit
+from .spec import Study, StudyRun, shard_runs
+from .stats import RunRecord
+
+# Only when no run of the study has finished yet: an assumed effective training rate, forward +
+# backward counted as 3x the forward MACs, for one current data-centre GPU in bf16. A rough guess;
+# small CIFAR models are overhead-bound and run slower than this. Plans say when they use it.
+NOMINAL_TRAIN_MACS_PER_SECOND = 4e12
+CIFAR_TRAIN_IMAGES = 50_000
+
+_CKPT = re.compile(r"^epoch-(\d{4,})$")
+
+
+@dataclass
+class RunState:
+    run: StudyRun
+    run_dir: Path
+    status: str  # done | interrupted | failed | changed | todo
+    detail: str = ""
+    last_epoch: int = 0  # last checkpointed epoch (interrupted / failed runs)
+
+    @property
+    def remaining_epochs(self) -> int:
+        return 0 if self.status in ("done", "changed") else self.run.config.epochs - self.last_epoch
+
+
+def _last_checkpoint(ckpt_dir: Path) -> int:
+    if not ckpt_dir.is_dir():
+        return 0
+    epochs = [int(m.group(1)) for p in ckpt_dir.iterdir()
+              if (m := _CKPT.match(p.name)) and (p / "manifest.json").is_file()]
+    return max(epochs, default=0)
+
+
+def _config_diff(files: RunFiles, run: StudyRun) -> list[str]:
+    if not files.config.is_file():
+        return []
+    saved, wanted = read_json(files.config), run.config.model_dump(mode="json")
+    return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+
+
+def run_state(run: StudyRun, out: str | Path) -> RunState:
+    """What the run folder says about one run."""
+    root = run.run_dir(out)
+    files = RunFiles(root)
+    diff = _config_diff(files, run)
+    if diff:
+        return RunState(run, root, "changed", f"the folder holds a run with different {', '.join(diff)}")
+    if files.result.is_file():
+        top1 = read_json(files.result).get("top1")
+        return RunState(run, root, "done", f"top-1 {top1:.4f}" if isinstance(top1, (int, float)) else "")
+    last = _last_checkpoint(files.checkpoints)
+    if files.error.is_file():
+        try:
+            msg = str(read_json(files.error).get("error", "")).splitlines()[0]
+        except (ValueError, IndexError):
+            msg = "unreadable error.json"
+        return RunState(run, root, "failed", msg, last)
+    if last or files.config.is_file():
+        detail = f"after epoch {last}" if last else "before its first checkpoint"
+        return RunState(run, root, "interrupted", detail, last)
+    return RunState(run, root, "todo")
+
+
+def study_records(study: Study, out: str | Path) -> dict[str, list[RunRecord]]:
+    """Finished runs of ``study`` under ``out``, by variant; folders of a different config are left out."""
+    records: dict[str, list[RunRecord]] = {}
+    for run in study.runs():
+        st = run_state(run, out)
+        if st.status == "done":
+            records.setdefault(run.variant, []).append(
+                RunRecord(run.variant, run.seed, st.run_dir, read_json(RunFiles(st.run_dir).result)))
+    return records
+
+
+# ---- device-time estimate ----
+
+def train_images(run: StudyRun) -> int:
+    cfg = run.config
+    n = parse_synthetic(cfg.data)[0] if cfg.data and cfg.data.startswith("synthetic") else CIFAR_TRAIN_IMAGES
+    return max(n - cfg.val_split, 0) // cfg.batch_size * cfg.batch_size
+
+
+def _macs(run: StudyRun, cache: dict[str, int | str]) -> int | str:
+    """Forward MACs of the run's model, or the error building it raised (cached per model + kwargs)."""
+    from ..models import count_macs, create
+
+    key = f"{run.config.model}:{sorted(run.config.model_kwargs.items())!r}"
+    if key not in cache:
+        try:
+            cache[key] = count_macs(create(run.config.model, num_classes=100, **run.config.model_kwargs))
+        except Exception as e:  # a bad model kwarg: the plan reports it before any device time is spent
+            cache[key] = f"{type(e).__name__}: {e}"
+    return cache[key]
+
+
+@dataclass
+class Estimate:
+    seconds: float | None
+    basis: str  # measured | macs-calibrated | macs-nominal | none
+    note: str = ""
+
+
+def estimate(states: list[RunState], out: str | Path) -> dict[str, Estimate]:
+    """Training-step device time of every unfinished run, by run id.
+
+    From the epoch times of finished runs of the same model in this study when
+    there are any ("measured"); else from the model's MACs, at the MAC rate the
+    study's finished runs achieved ("macs-calibrated"), or at
+    ``NOMINAL_TRAIN_MACS_PER_SECOND`` when nothing has finished ("macs-nominal").
+    Evaluation, checkpoints and start-up are not included.
+    """
+    per_model: dict[str, list[float]] = {}
+    rates: list[float] = []
+    mac_cache: dict[str, int | str] = {}
+    for st in states:
+        if st.status != "done":
+            continue
+        r = read_json(RunFiles(st.run_dir).result)
+        secs = [s for s in r.get("epoch_seconds", []) if s > 0]
+        if not secs:
+            continue
+        per_model.setdefault(r["model"], []).append(mean(secs))
+        imgs = r.get("images_per_second")
+        if imgs and r.get("macs"):
+            rates.append(3 * r["macs"] * imgs)
+    rate, basis = (median(rates), "macs-calibrated") if rates else (NOMINAL_TRAIN_MACS_PER_SECOND, "macs-nominal")
+    out_est: dict[str, Estimate] = {}
+    for st in states:
+        if st.remaining_epochs == 0:
+            continue
+        if st.run.config.model in per_model:
+            out_est[st.run.run_id] = Estimate(st.remaining_epochs * mean(per_model[st.run.config.model]), "measured")
+            continue
+        macs = _macs(st.run, mac_cache)
+        if isinstance(macs, str):
+            out_est[st.run.run_id] = Estimate(None, "none", f"cannot build the model: {macs}")
+            continue
+        out_est[st.run.run_id] = Estimate(st.remaining_epochs * 3 * macs * train_images(st.run) / rate, basis)
+    return out_est
+
+
+def format_seconds(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# ---- running ----
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # skipped | finished | failed | changed
+    detail: str = ""
+
+
+def _record_failure(files: RunFiles, run: StudyRun, err: BaseException) -> str:
+    msg = f"{type(err).__name__}: {err}".strip()
+    previous = {}
+    if files.error.is_file():  # the engine writes its own (e.g. the epoch of a non-finite loss): keep its fields
+        try:
+            previous = read_json(files.error)
+        except ValueError:
+            previous = {}
+    write_json(files.error, {**previous, "error": str(previous.get("error") or msg), "type": type(err).__name__,
+                             "run_id": run.run_id, "traceback": traceback.format_exc()[-4000:],
+                             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    return msg
+
+
+def run_study(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
+              log: Callable[[str], Any] = print) -> list[Outcome]:
+    """Run every missing run of ``study`` in shard ``shard`` and return one outcome per run.
+
+    Finished runs are skipped, interrupted and failed ones resumed from their last
+    checkpoint; a run that raises is recorded in its ``error.json`` and the others
+    go on. One line per run goes to ``log``; the engine prints its per-epoch lines.
+    """
+    out = Path(out)
+    write_json(out / study.name / "study.json", study.describe())
+    runs = shard_runs(study.runs(), *shard)
+    states = [run_state(r, out) for r in runs]
+    counts = {s: sum(st.status == s for st in states) for s in ("done", "interrupted", "failed", "changed", "todo")}
+    shard_txt = f" (shard {shard[0]}/{shard[1]} of {len(study.runs())})" if shard[1] > 1 else ""
+    log(f"study {study.name}: {len(runs)} runs{shard_txt} -> {out / study.name}; "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    outcomes: list[Outcome] = []
+    data_key, data = None, None
+    width = len(str(len(runs)))
+    for i, st in enumerate(states, 1):
+        tag = f"[{i:>{width}}/{len(runs)}]"
+        run, files = st.run, RunFiles(st.run_dir)
+        if st.status == "done":
+            log(f"{tag} skip    {run.run_id} (done: {st.detail})")
+            outcomes.append(Outcome(run.run_id, "skipped", st.detail))
+            continue
+        if st.status == "changed":
+            log(f"{tag} CHANGED {run.run_id}: {st.detail}; move {st.run_dir} away to run it again")
+            outcomes.append(Outcome(run.run_id, "changed", st.detail))
+            continue
+        how = f"resume  {run.run_id} after epoch {st.last_epoch}" if st.last_epoch else f"start   {run.run_id}"
+        if st.status == "failed":
+            how += f" (failed before: {st.detail})"
+        log(f"{tag} {how}")
+        t0 = time.perf_counter()
+        try:
+            cfg = run.config
+            key = (cfg.dataset, cfg.data, cfg.val_split)
+            if key != data_key:  # consecutive runs on the same data share one decoded copy
+                data, data_key = load_data(cfg.dataset, cfg.data, val_split=cfg.val_split), key
+            result = fit(cfg, st.run_dir, resume=True, progress=progress, data=data)
+        except Exception as err:  # noqa: BLE001 - any failure is recorded and the study goes on
+            msg = _record_failure(files, run, err)
+            log(f"{tag} FAILED  {run.run_id}: {msg.splitlines()[0] if msg else ''} ({files.error})")
+            outcomes.append(Outcome(run.run_id, "failed", msg))
+            continue
+        secs = time.perf_counter() - t0
+        log(f"{tag} finish  {run.run_id}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
+            f"in {format_seconds(secs)}")
+        outcomes.append(Outcome(run.run_id, "finished", f"top-1 {result['top1']:.4f}"))
+    bad = [o for o in outcomes if o.status in ("failed", "changed")]
+    log(f"study {study.name}: {sum(o.status == 'finished' for o in outcomes)} finished, "
+        f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(bad)} failed or changed")
+    return outcomes
+
+
+def plan_lines(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1)) -> tuple[list[str], bool]:
+    """The ``study plan`` report, and whether every run can go ahead (no changed folder, every model builds)."""
+    runs = shard_runs(study.runs(), *shard)
+    states = [run_state(r, out) for r in runs]
+    est = estimate(states, out)
+    width = max(len(r.run_id) for r in runs)
+    lines = [f"study {study.name} ({study.source}): {len(study.variants)} variants x {len(study.seeds)} seeds = "
+             f"{len(study.runs())} runs" + (f"; shard {shard[0]}/{shard[1]}: {len(runs)} runs" if shard[1] > 1 else ""),
+             f"run folders: {Path(out) / study.name}/<variant>/seed<k>", "",
+             f"{'run':<{width}}  {'status':<11}  {'epochs':>9}  {'est. time':>9}  note"]
+    ok = True
+    for st in states:
+        e = est.get(st.run.run_id)
+        epochs = f"{st.remaining_epochs}/{st.run.config.epochs}" if st.remaining_epochs else "-"
+        when = format_seconds(e.seconds) if e and e.seconds is not None else "-"
+        note = (e.note if e and e.note else st.detail) if st.status != "todo" or (e and e.note) else ""
+        ok &= st.status != "changed" and not (e and e.seconds is None)
+        lines.append(f"{st.run.run_id:<{width}}  {st.status:<11}  {epochs:>9}  {when:>9}  {note}".rstrip())
+    counts = {s: sum(st.status == s for st in states) for s in ("done", "interrupted", "failed", "changed", "todo")}
+    lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    left = [e for e in est.values() if e.seconds is not None]
+    if left:
+        total = sum(e.seconds for e in left)
+        bases = {b: sum(e.basis == b for e in left) for b in ("measured", "macs-calibrated", "macs-nominal")}
+        why = {"measured": "epoch times of finished runs of the same model",
+               "macs-calibrated": "MACs at the MAC rate this study's finished runs reached",
+               "macs-nominal": f"MACs at a nominal {NOMINAL_TRAIN_MACS_PER_SECOND / 1e12:g} TMAC/s (3x forward "
+                               f"MACs per image; nothing has finished yet, so this is a rough guess)"}
+        lines.append(f"estimated device time left (training steps only): {format_seconds(total)}")
+        lines += [f"  {n} runs from {why[b]}" for b, n in bases.items() if n]
+    return lines, ok
