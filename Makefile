@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= $(CIFARLAB_DATA)
 EPOCHS ?= 5
 
-.PHONY: demo test venv clean
+.PHONY: demo test results venv clean
 
 $(BIN)/.installed: pyproject.toml ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
+
+results: venv  # regenerate docs/results.md and docs/results-report/ from the committed records in results/
+	$(BIN)/cifarlab report results --out docs/results-report --page docs/results.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -316,3 +316,17 @@ def test_study_file_of_any_content_is_valid_or_one_clear_error(raw):
     runs = study.runs()
     assert runs and all(isinstance(r.config, TrainConfig) for r in runs)
     assert len({r.run_id for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "lr=["], "error: --set lr: cannot read '[' as a YAML value"),
+    (["--set", "epochs=2", "--set", "epochs.x=1"], "error: --set epochs.x: epochs is a value, not a group of fields"),
+    (["--set", "learning_rate=0.1"], "unknown config field 'learning_rate'"),
+])
+def test_study_command_line_errors(tmp_path, capsys, args, message):
+    study = tmp_path / "s.yaml"
+    study.write_text(yaml.safe_dump({"name": "s", "seeds": 1, "base": {"data": "synthetic:300:100"},
+                                     "variants": [{"name": "a", "model": "resnet20"}]}))
+    code = cli.main(["study", "plan", str(study), "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

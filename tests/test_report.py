@@ -7,7 +7,10 @@ import statistics
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 from PIL import Image
 
 from cifarlab import CifarlabError
@@ -15,10 +18,12 @@ from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.data import load_data
 from cifarlab.io import read_json, write_json
+from cifarlab.models import create
 from cifarlab.report.build import ReportOptions, build_report, write_results_page
+from cifarlab.report.gradcam import explained_map, grad_cam
 from cifarlab.report.records import load_runs
 from cifarlab.report.summary import assign_baselines, build_tables
-from cifarlab.report.writeup import Writer, _claim
+from cifarlab.report.writeup import Writer, claim_sentence
 from cifarlab.train import fit
 
 DATA = "synthetic:300:100"
@@ -154,7 +159,7 @@ def test_no_gain_is_claimed_with_fewer_than_three_seeds(study):
     table = build_tables(runs)[0]
     row = next(r for r in table.rows if r.name == "eca8")
     assert row.comparison is not None and not row.comparison.real
-    sentence = _claim(row, Writer(out))
+    sentence = claim_sentence(row, Writer(out))
     assert "no demonstrated difference (fewer than 3 seeds per side)" in sentence
     assert "demonstrated gain" not in sentence and "demonstrated loss" not in sentence
 
@@ -216,3 +221,23 @@ def test_an_empty_results_folder_gives_a_page_that_says_so(tmp_path):
     assert not (tmp_path / "report").exists()
     with pytest.raises(CifarlabError, match="no result.json"):
         build_report(ReportOptions(paths=[tmp_path / "results"], out=tmp_path / "report"))
+
+
+def test_grad_cam_finds_the_map_the_prediction_depends_on():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    # no forward_features: the last map on the image grid before pooling (16x16), not the 1x1 pooled output
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    fmap, grad, pred = explained_map(plain, x, None)
+    assert fmap.shape == (2, 8, 16, 16) and grad.abs().sum() > 0 and pred.shape == (2,)
+    # a class-token ViT: its final patch tokens get no gradient, so the input of its last block is explained
+    vit = create("vit_mini_p4", num_classes=100)
+    nn.init.normal_(vit.head.weight, std=0.1)
+    cams, preds = grad_cam(vit, x)
+    assert cams.shape == (2, 32, 32) and np.isfinite(cams).all() and cams.std() > 0.01
+    assert "forward_features" not in vars(vit), "the model is left as it was"
+    # a CIFAR ResNet: its forward_features output (64 x 8 x 8)
+    res = create("resnet20", num_classes=100, depth=8).eval()
+    fmap, _, _ = explained_map(res, x, None)
+    assert fmap.shape == (2, 64, 8, 8)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,21 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
 }
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)
+def _parse_value(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise CifarlabError(f"--set {key}: cannot read {text!r} as a YAML value") from None
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
     parts = key.split(".")
-    for p in parts[:-1]:
+    if not all(parts):
+        raise CifarlabError(f"--set: {key!r} is not a field name (use e.g. lr or augment.cutout)")
+    for i, p in enumerate(parts[:-1]):
         d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise CifarlabError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a group of fields")
     d[parts[-1]] = value
 
 
@@ -52,7 +62,11 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise CifarlabError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
+            raise CifarlabError(f"{path}: not a valid YAML file{where}") from None
         if not isinstance(loaded, dict):
             raise CifarlabError(f"{path}: expected a mapping of config fields")
         over.update(loaded)
@@ -70,7 +84,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if "=" not in item:
             raise CifarlabError(f"--set expects key=value, got {item!r}")
         k, v = item.split("=", 1)
-        _set_dotted(over, k.strip(), _parse_value(v))
+        _set_dotted(over, k.strip(), _parse_value(k.strip(), v))
     return over
 
 
@@ -219,23 +233,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or `kill`), handled like Ctrl-C so the run stops cleanly."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         return args.func(args)
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is checkpointed; continue with --resume", file=sys.stderr)
-        return 130
-    except Exception as e:  # out-of-memory gets advice; anything else is a bug and keeps its traceback
+    except KeyboardInterrupt as e:
+        what = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: the last completed epoch is checkpointed; continue with --resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except Exception as e:  # out of memory or disk space gets advice; anything else is a bug and keeps its traceback
         import torch
 
         if isinstance(e, torch.OutOfMemoryError):
-            print("error: the device ran out of memory; try a smaller --batch-size", file=sys.stderr)
+            print("error: the device ran out of memory; try a smaller --batch-size (with --overwrite to restart "
+                  "the run folder)", file=sys.stderr)
+            return 3
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            print(f"error: no space left on the disk ({e.filename or 'while writing'}); the last completed epoch is "
+                  f"checkpointed: free some space and continue with --resume", file=sys.stderr)
             return 3
         raise
+    finally:
+        if on_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

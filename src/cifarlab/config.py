@@ -8,7 +8,8 @@ starts, with a message naming the field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,7 +19,7 @@ from . import CifarlabError
 class AugmentConfig(BaseModel):
     """Training-time augmentation, all batched on the device (``data/augment.py``, ``data/policies.py``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     crop_padding: int = Field(4, ge=0, le=16, description="random crop after zero padding by this many pixels; 0 = off")
     hflip: bool = True
@@ -34,7 +35,7 @@ class AugmentConfig(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     # what
     model: str = "resnet20"
@@ -53,7 +54,7 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0, description="not applied to norms and biases")
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     schedule: Literal["cosine", "linear", "constant", "multistep", "step"] = "cosine"
     warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; None = min(2, 10% of epochs)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
@@ -93,11 +94,16 @@ class TrainConfig(BaseModel):
         return self
 
 
+def _loc_text(part: str | int) -> str:
+    """A field name as it is; any other key quoted, so that the message stays on one line."""
+    return str(part) if isinstance(part, int) or re.fullmatch(r"[A-Za-z0-9_-]+", part) else repr(part)
+
+
 def format_validation_error(err: ValidationError, prefix: str = "config") -> str:
     """One line per bad field: ``config.lr: Input should be greater than 0 (got -1)``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = ".".join(_loc_text(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -123,7 +129,12 @@ def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainC
     if apply_recipe:
         merged = _deep_merge(merged, get_entry(str(model)).recipe)
     merged = _deep_merge(merged, overrides)
+    if "warmup_epochs" in merged and "warmup_epochs" not in overrides and merged["warmup_epochs"] is not None:
+        # a recipe's warm-up is for its full budget; a shorter run warms up for at most 10 % of its epochs
+        epochs = merged.get("epochs", TrainConfig.model_fields["epochs"].default)
+        if isinstance(epochs, (int, float)) and epochs > 0:
+            merged["warmup_epochs"] = min(merged["warmup_epochs"], 0.1 * epochs)
     try:
-        return TrainConfig(**merged)
+        return TrainConfig.model_validate(merged)
     except ValidationError as err:
         raise CifarlabError(format_validation_error(err)) from None

@@ -15,26 +15,13 @@ from cifarlab.models.layers.attention import (
     ECA, CBAMChannelAttention, CoordinateAttention, SqueezeExcite, eca_kernel_size, make_gate,
 )
 from cifarlab.models.resnet import BasicBlock
+from helpers import randomise
 
 TIMM_GATE = {"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}
 
 
-def _randomise(module: nn.Module) -> nn.Module:
-    """Non-trivial weights and BN running statistics, then eval mode."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return module.eval()
-
-
 def _assert_parity(ours: nn.Module, ref: nn.Module, key_map: dict[str, str], shape: tuple[int, ...]):
-    _randomise(ours)
+    randomise(ours, scale=0.5, norm_stats=True)
     state = {}
     for k, v in ours.state_dict().items():
         for old, new in key_map.items():
@@ -118,7 +105,7 @@ def test_ca_matches_timm(channels):
 
 
 def test_ca_gates_are_direction_aware():
-    ca = _randomise(CoordinateAttention(16))
+    ca = randomise(CoordinateAttention(16), scale=0.5, norm_stats=True)
     x = torch.ones(1, 16, 6, 4)
     x[..., 2, :] = 3.0  # one bright row: the H-gate differs per row, the W-gate is the same for every column
     gate = ca(x) / x
@@ -136,7 +123,7 @@ def test_cbam_avg_max_matches_timm():
 
 @pytest.mark.parametrize("pooling", ["avg+l1", "avg+l2"])
 def test_cbam_lp_descriptors(pooling):
-    m = _randomise(CBAMChannelAttention(32, pooling=pooling))
+    m = randomise(CBAMChannelAttention(32, pooling=pooling), scale=0.5, norm_stats=True)
     x = torch.randn(2, 32, 8, 8)
     if pooling == "avg+l1":
         second = x.abs().mean(dim=(2, 3), keepdim=True)

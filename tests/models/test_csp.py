@@ -5,17 +5,9 @@ import torch
 import torch.nn as nn
 from timm.models.cspnet import BottleneckBlock, CrossStage as TimmCrossStage
 
-from cifarlab.models import count_macs, count_params, create
+from cifarlab.models import count_params, create
 from cifarlab.models.csp import CrossStage
-
-
-def _randomize_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
+from helpers import assert_size, randomize_bn, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,depth", [(64, 128, 1, 2), (128, 256, 2, 1)])
@@ -24,7 +16,7 @@ def test_cross_stage_matches_timm(in_ch, out_ch, stride, depth):
     ref = TimmCrossStage(in_ch, out_ch, stride, 1, depth, expand_ratio=2.0, bottle_ratio=0.5, cross_linear=True,
                          block_fn=BottleneckBlock, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d)
     ours = CrossStage(in_ch, out_ch, stride, depth, "bottleneck", expand_ratio=2.0, bottle_ratio=0.5)
-    _randomize_bn(ref)
+    randomize_bn(ref)
     ours.load_state_dict(ref.state_dict())  # same names: conv_down, conv_exp, blocks.i.conv{1,2,3}, transitions
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)
@@ -72,15 +64,9 @@ MACS = {"csp_resnet56": 139_047_424, "csp_resnet18": 212_584_448, "csp_resnet50"
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_pinned_size(name):
-    model = create(name)
-    assert count_params(model) == PARAMS[name]
-    assert count_macs(model) == MACS[name]
+    assert_size(create(name), PARAMS[name], MACS[name])
 
 
 def test_stage_resolutions():
     model = create("csp_resnet18").eval()
-    shapes = []
-    for stage in model.stages:
-        stage.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
-    model(torch.randn(1, 3, 32, 32))
-    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]
+    assert stage_output_shapes(model) == [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]

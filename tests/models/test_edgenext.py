@@ -8,17 +8,9 @@ import torch.nn as nn
 from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from timm.models.edgenext import ConvBlock, CrossCovarianceAttn, EdgeNeXt as TimmEdgeNeXt, SplitTransposeBlock
 
-from cifarlab.models import count_macs, count_params, create, get_entry
+from cifarlab.models import count_macs, create, get_entry
 from cifarlab.models.edgenext import ConvEncoder, CrossCovarianceAttention, SplitDepthwiseTransposeAttention
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    """Non-trivial weights (layer scales far from their 1e-6 init, temperatures != 1), then eval mode."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module.eval()
+from helpers import assert_no_padding_only_taps, assert_size, randomise
 
 
 def _copy_into(ref: nn.Module, ours: nn.Module, rename=lambda k: k) -> nn.Module:
@@ -28,7 +20,7 @@ def _copy_into(ref: nn.Module, ours: nn.Module, rename=lambda k: k) -> nn.Module
 
 @pytest.mark.parametrize("dim,heads", [(48, 4), (96, 8)])
 def test_xca_matches_timm(dim, heads):
-    ours = _randomise(CrossCovarianceAttention(dim, heads))
+    ours = randomise(CrossCovarianceAttention(dim, heads))
     ref = _copy_into(CrossCovarianceAttn(dim, num_heads=heads, qkv_bias=True), ours)
     x = torch.randn(2, 25, dim)
     torch.testing.assert_close(ours(x), ref(x))
@@ -36,7 +28,7 @@ def test_xca_matches_timm(dim, heads):
 
 @pytest.mark.parametrize("dim,scales,heads", [(48, 2, 4), (88, 3, 4), (160, 3, 8), (304, 4, 8)])
 def test_sdta_matches_timm_split_transpose_block(dim, scales, heads):
-    ours = _randomise(SplitDepthwiseTransposeAttention(dim, num_scales=scales, num_heads=heads))
+    ours = randomise(SplitDepthwiseTransposeAttention(dim, num_scales=scales, num_heads=heads))
     # timm's defaults match the paper and ours except the positional encoding, which we omit.
     ref = SplitTransposeBlock(dim, num_scales=scales, num_heads=heads, expand_ratio=4, use_pos_emb=False,
                               conv_bias=True, qkv_bias=True, ls_init_value=1e-6)
@@ -62,7 +54,7 @@ def test_sdta_split_widths_and_hierarchy():
 
 @pytest.mark.parametrize("dim,kernel", [(24, 3), (96, 5), (160, 7)])
 def test_conv_encoder_matches_timm(dim, kernel):
-    ours = _randomise(ConvEncoder(dim, kernel))
+    ours = randomise(ConvEncoder(dim, kernel))
     ref = _copy_into(ConvBlock(dim, kernel_size=kernel, conv_bias=True, expand_ratio=4, ls_init_value=1e-6), ours)
     x = torch.randn(2, dim, 7, 7)
     torch.testing.assert_close(ours(x), ref(x))
@@ -78,7 +70,7 @@ def _timm_key(k: str) -> str:
 def test_edgenext_xxs_matches_timm_network_with_our_stem():
     """timm's EdgeNeXt configured as edgenext_xxs (kernels 3/5/7/7, no positional encoding), its 4x4 stem
     swapped for our 1x1 stem: the same function."""
-    ours = _randomise(create("edgenext_xxs"))
+    ours = randomise(create("edgenext_xxs"))
     ref = TimmEdgeNeXt(num_classes=100, depths=(2, 2, 6, 2), dims=(24, 48, 88, 168), heads=(4, 4, 4, 4),
                        kernel_sizes=(3, 5, 7, 7), d2_scales=(2, 2, 3, 4), global_block_counts=(0, 1, 1, 1),
                        use_pos_emb=(False,) * 4)
@@ -121,17 +113,7 @@ def test_stages_layout(models):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_kernel_tap_only_sees_padding(models, name):
-    """Every padded conv's span (k-1)d+1 fits in 2H-1 of the map it runs on."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append((mod, a[0].shape[-2:])))
-             for m in models[name].modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)]
-    models[name](torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    assert seen
-    for conv, (h, w) in seen:
-        assert (conv.kernel_size[0] - 1) * conv.dilation[0] + 1 <= 2 * h - 1
-        assert (conv.kernel_size[1] - 1) * conv.dilation[1] + 1 <= 2 * w - 1
+    assert_no_padding_only_taps(models[name])
 
 
 @pytest.mark.parametrize("name,tier,params,macs", [
@@ -140,5 +122,4 @@ def test_no_kernel_tap_only_sees_padding(models, name):
 ])
 def test_pinned_sizes(models, name, tier, params, macs):
     assert get_entry(name).tier == tier
-    assert count_params(models[name]) == params
-    assert count_macs(models[name]) == macs
+    assert_size(models[name], params, macs)

@@ -14,19 +14,7 @@ from cifarlab.models.layers import CONV_LAYERS
 from cifarlab.models.layers.attention import ECA
 from cifarlab.models.layers.conv import ConvNormAct
 from cifarlab.models.layers.ghost import GhostBottleneck, GhostECAModule, GhostModule, make_divisible
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-        for name, b in module.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-    return module.eval()
+from helpers import randomise
 
 
 # our key fragment -> timm's (GhostModule: primary_conv / cheap_operation Sequentials;
@@ -51,7 +39,7 @@ def _to_timm(state: dict) -> dict:
 
 
 def _assert_parity(ours: nn.Module, ref: nn.Module, shape):
-    _randomise(ours)
+    randomise(ours, norm_stats=True)
     ref.load_state_dict(_to_timm(ours.state_dict()), strict=True)
     ref.eval()
     x = torch.randn(shape)
@@ -85,7 +73,7 @@ def test_ghost_module_param_and_mac_formulas(in_ch, out_ch, ratio, dw, k):
 
 
 def test_ghost_module_splits_intrinsic_and_ghost_maps():
-    m = _randomise(GhostModule(8, 12, ratio=3))
+    m = randomise(GhostModule(8, 12, ratio=3), norm_stats=True)
     x = torch.randn(2, 8, 6, 6)
     intrinsic = m.primary(x)
     y = m(x)
@@ -142,7 +130,7 @@ def test_ghost_eca_placement(position, out_ch, ratio, stride):
 
 
 def test_ghost_eca_intrinsic_reweights_before_cheap_op():
-    m = _randomise(GhostECAModule(8, 16, eca_position="intrinsic"))
+    m = randomise(GhostECAModule(8, 16, eca_position="intrinsic"), norm_stats=True)
     x = torch.randn(2, 8, 6, 6)
     reweighted = m.eca(m.primary(x))
     torch.testing.assert_close(m(x), torch.cat([reweighted, m.cheap(reweighted)], dim=1))

@@ -7,16 +7,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cifarlab import CifarlabError
-from cifarlab.models import count_macs, count_params, create, get_entry
+from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.hornet import GnConvNorm, HorNetBlock, RecursiveGatedConv
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module.eval()
+from helpers import assert_no_padding_only_taps, assert_size, randomise
 
 
 def gnconv_params(C: int, n: int, k: int) -> int:
@@ -48,7 +41,7 @@ def test_rejects_width_not_divisible():
 def test_order_one_is_a_gated_conv():
     """n = 1: y = proj_out(p0 * alpha * dw(q)) with [p0, q] = proj_in(x)."""
     C, alpha = 16, 1.0 / 3.0
-    g = _randomise(RecursiveGatedConv(C, order=1, kernel_size=5, scale=alpha))
+    g = randomise(RecursiveGatedConv(C, order=1, kernel_size=5, scale=alpha))
     x = torch.randn(2, C, 9, 9)
     pq = F.conv2d(x, g.proj_in.weight, g.proj_in.bias)
     p0, q = pq[:, :C], pq[:, C:]
@@ -60,7 +53,7 @@ def test_order_one_is_a_gated_conv():
 def test_order_three_recursion():
     """p1 = p0 * q0, p2 = pw0(p1) * q1, p3 = pw1(p2) * q2, y = proj_out(p3), widths 4/8/16."""
     C, alpha = 16, 1.0 / 3.0
-    g = _randomise(RecursiveGatedConv(C, order=3, scale=alpha))
+    g = randomise(RecursiveGatedConv(C, order=3, scale=alpha))
     x = torch.randn(2, C, 8, 8)
     pq = F.conv2d(x, g.proj_in.weight, g.proj_in.bias)
     p0, q = pq[:, :4], pq[:, 4:]
@@ -75,7 +68,7 @@ def test_order_three_recursion():
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_interaction_order(n):
     """Without biases g^n Conv is a homogeneous polynomial of degree n + 1 in its input."""
-    g = _randomise(RecursiveGatedConv(32, order=n))
+    g = randomise(RecursiveGatedConv(32, order=n))
     with torch.no_grad():
         for m in g.modules():
             if isinstance(m, nn.Conv2d):
@@ -116,17 +109,7 @@ def test_stage_orders_kernels_and_resolutions(models, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_kernel_tap_only_sees_padding(models, name):
-    """Every padded conv's span (k-1)d+1 fits in 2H-1 of the map it runs on."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append((mod, a[0].shape[-2:])))
-             for m in models[name].modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)]
-    models[name](torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    assert seen
-    for conv, (h, w) in seen:
-        assert (conv.kernel_size[0] - 1) * conv.dilation[0] + 1 <= 2 * h - 1
-        assert (conv.kernel_size[1] - 1) * conv.dilation[1] + 1 <= 2 * w - 1
+    assert_no_padding_only_taps(models[name])
 
 
 def hornet_macs(depths, dims, kernels, orders, patch=2, num_classes=100, size=32) -> int:
@@ -150,8 +133,7 @@ def hornet_macs(depths, dims, kernels, orders, patch=2, num_classes=100, size=32
 def test_pinned_sizes(models, name, tier, params, macs):
     entry = get_entry(name)
     assert entry.tier == tier
-    assert count_params(models[name]) == params
-    assert count_macs(models[name]) == macs
+    assert_size(models[name], params, macs)
     d = entry.defaults
     assert macs == hornet_macs(d.get("depths", (2, 3, 18, 2)), d.get("dims", (64, 128, 256, 512)), (7, 7, 7, 3),
                                (2, 3, 4, 5))

@@ -3,20 +3,12 @@ re-derivation and parameter formula; per-stage kernel sizing; pinned sizes; LSK 
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab.models import count_macs, count_params, create, get_entry
+from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.lsknet import CIFAR_LSK_KERNELS, LargeSelectiveKernel
 from cifarlab.models.segnext import SpatialGatingBlock
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module.eval()
+from helpers import assert_no_padding_only_taps, assert_size, randomise
 
 
 def lsk_params(C: int, kernels=((5, 1), (7, 3)), s: int = 7) -> int:
@@ -61,7 +53,7 @@ def test_receptive_field_formula_and_measured(kernels, rf):
 def test_spatial_selection_masks_and_output():
     """Masks (N, 2, H, W) = sigmoid(conv7x7([mean_c, max_c](cat(U1', U2')))); out = x * proj(U1' m1 + U2' m2)."""
     C = 16
-    m = _randomise(LargeSelectiveKernel(C))
+    m = randomise(LargeSelectiveKernel(C))
     captured = {}
     m.select.register_forward_hook(lambda mod, a, out: captured.setdefault("masks", out))
     x = torch.randn(3, C, 12, 12)
@@ -111,17 +103,7 @@ def test_stage_kernels_and_resolutions(models, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_kernel_tap_only_sees_padding(models, name):
-    """Every padded conv's span (k-1)d+1 fits in 2H-1 of the map it runs on."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append((mod, a[0].shape[-2:])))
-             for m in models[name].modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)]
-    models[name](torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    assert seen
-    for conv, (h, w) in seen:
-        assert (conv.kernel_size[0] - 1) * conv.dilation[0] + 1 <= 2 * h - 1
-        assert (conv.kernel_size[1] - 1) * conv.dilation[1] + 1 <= 2 * w - 1
+    assert_no_padding_only_taps(models[name])
 
 
 @pytest.mark.parametrize("name,tier,params,macs", [
@@ -130,8 +112,7 @@ def test_no_kernel_tap_only_sees_padding(models, name):
 ])
 def test_pinned_sizes(models, name, tier, params, macs):
     assert get_entry(name).tier == tier
-    assert count_params(models[name]) == params
-    assert count_macs(models[name]) == macs
+    assert_size(models[name], params, macs)
 
 
 def test_lsk_as_resnet_attention():

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 from cifarlab.models import count_params, create
 from cifarlab.models.mlp_mixer import MixerBlock, MlpMixer
+from helpers import randomize_layer_norms
 
 timm_mixer = pytest.importorskip("timm.models.mlp_mixer")
 
@@ -25,17 +25,10 @@ def test_param_formula(dim, depth):
     assert count_params(MlpMixer(dim=dim, depth=depth)) == expected
 
 
-def _randomize_norms(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            nn.init.normal_(m.weight, 1.0, 0.2)
-            nn.init.normal_(m.bias, 0.0, 0.2)
-
-
 def test_block_matches_timm():
     ours = MixerBlock(128, num_tokens=64, tokens_hidden=64, channels_hidden=512).eval()
     ref = timm_mixer.MixerBlock(128, seq_len=64, mlp_ratio=(0.5, 4.0)).eval()  # LN eps 1e-6, GELU
-    _randomize_norms(ref)
+    randomize_layer_norms(ref)
     ours.load_state_dict(ref.state_dict())  # norm1, mlp_tokens.fc1/fc2, norm2, mlp_channels.fc1/fc2
     x = torch.randn(2, 64, 128)
     torch.testing.assert_close(ours(x), ref(x))
@@ -45,7 +38,7 @@ def test_network_matches_timm():
     ours = MlpMixer(dim=96, depth=2).eval()
     ref = timm_mixer.MlpMixer(num_classes=100, img_size=32, patch_size=4, num_blocks=2, embed_dim=96,
                               mlp_ratio=(0.5, 4.0)).eval()
-    _randomize_norms(ref)
+    randomize_layer_norms(ref)
     state = {k.replace("stem.", "patch_embed.", 1): v for k, v in ref.state_dict().items()}
     ours.load_state_dict(state)
     x = torch.randn(2, 3, 32, 32)

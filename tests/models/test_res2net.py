@@ -6,18 +6,10 @@ import torch
 import torch.nn as nn
 from timm.models.res2net import Bottle2neck
 
-from cifarlab.models import count_macs, count_params, create
+from cifarlab.models import count_params, create
 from cifarlab.models.layers import ATTENTION_LAYERS
 from cifarlab.models.res2net import Res2NetBasicBlock, Res2NetBottleneck, Res2NetConv
-
-
-def _randomize_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
+from helpers import assert_size, randomize_bn, stage_output_shapes
 
 
 def _from_timm(sd: dict, width: int) -> dict:
@@ -57,7 +49,7 @@ def test_bottleneck_matches_timm(in_ch, stride, cardinality, scale):
                       norm_layer=nn.BatchNorm2d)
     ours = Res2NetBottleneck(in_ch, 4 * planes, stride, width, scale, cardinality)
     assert ours.conv2.stage == ref.is_first
-    _randomize_bn(ref)
+    randomize_bn(ref)
     ours.load_state_dict(_from_timm(ref.state_dict(), width))
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)
@@ -139,15 +131,9 @@ MACS = {"res2net56": 80_812_288, "ca_res2net56": 81_254_656, "res2net29_26w4s": 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_pinned_size(name):
-    model = create(name)
-    assert count_params(model) == PARAMS[name]
-    assert count_macs(model) == MACS[name]
+    assert_size(create(name), PARAMS[name], MACS[name])
 
 
 def test_stage_resolutions():
     model = create("res2net29_26w4s").eval()
-    shapes = []
-    for stage in model.stages:
-        stage.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
-    model(torch.randn(1, 3, 32, 32))
-    assert shapes == [(256, 32, 32), (512, 16, 16), (1024, 8, 8)]
+    assert stage_output_shapes(model) == [(256, 32, 32), (512, 16, 16), (1024, 8, 8)]

@@ -8,21 +8,10 @@ from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import downsample_avg
 
 from cifarlab import CifarlabError
-from cifarlab.models import count_macs, count_params, create
+from cifarlab.models import create
 from cifarlab.models.layers.split_attention import SplitAttention
 from cifarlab.models.resnest import ResNeStBottleneck
-
-
-def _randomize(module: nn.Module) -> None:
-    """Random BN statistics/affines and fc biases, so that eval-mode parity checks every term."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-        elif isinstance(m, nn.Conv2d) and m.bias is not None:
-            m.bias.data.uniform_(-0.5, 0.5)
+from helpers import assert_size, randomize_bn, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,groups,radix", [
@@ -36,7 +25,7 @@ def test_split_attention_matches_timm(in_ch, out_ch, stride, groups, radix):
                     norm_layer=nn.BatchNorm2d)
     ours = SplitAttention(in_ch, out_ch, 3, stride, groups=groups, radix=radix)
     assert ours.rd_channels == ref.fc1.out_channels
-    _randomize(ref)
+    randomize_bn(ref, conv_bias=True)
     ours.load_state_dict(ref.state_dict())
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)
@@ -55,7 +44,7 @@ def test_radix_weights_sum_to_one():
     # and an r-softmax (weights summing to 1 over the radix) must then return that split unchanged.
     c, r = 16, 2
     mod = SplitAttention(c, radix=r).eval()
-    _randomize(mod)
+    randomize_bn(mod, conv_bias=True)
     for t in (mod.conv.weight, mod.bn0.weight, mod.bn0.bias, mod.bn0.running_mean, mod.bn0.running_var):
         t.data[c:] = t.data[:c]
     x = torch.randn(2, c // r, 6, 6).repeat(1, r, 1, 1)
@@ -77,7 +66,7 @@ def test_bottleneck_matches_timm(in_ch, stride):
     ref = ResNestBottleneck(in_ch, planes, stride, down, radix=2, cardinality=1, base_width=64, avd=True,
                             avd_first=False, is_first=stride > 1)
     ours = ResNeStBottleneck(in_ch, 4 * planes, stride, mid_ch=planes, radix=2, groups=1)
-    _randomize(ref)
+    randomize_bn(ref, conv_bias=True)
     # timm conv1/bn1, conv3/bn3 -> our ConvNormAct units; conv2 (SplitAttn) keeps its names; downsample -> shortcut
     prefixes = {"conv1.": "conv1.conv.", "bn1.": "conv1.bn.", "conv3.": "conv3.conv.", "bn3.": "conv3.bn.",
                 "downsample.": "shortcut."}
@@ -97,15 +86,9 @@ MACS = {"resnest29_2s1x16d": 63_070_720, "resnest29_2s1x64d": 975_337_472}
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_pinned_size(name):
-    model = create(name)
-    assert count_params(model) == PARAMS[name]
-    assert count_macs(model) == MACS[name]
+    assert_size(create(name), PARAMS[name], MACS[name])
 
 
 def test_stage_resolutions():
     model = create("resnest29_2s1x16d").eval()
-    shapes = []
-    for stage in model.stages:
-        stage.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
-    model(torch.randn(2, 3, 32, 32))
-    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]
+    assert stage_output_shapes(model, batch=2) == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]

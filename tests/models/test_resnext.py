@@ -7,15 +7,7 @@ from timm.models.resnet import Bottleneck as TimmBottleneck
 
 from cifarlab.models import count_macs, count_params, create
 from cifarlab.models.layers.bottleneck import Bottleneck
-
-
-def _randomize_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
+from helpers import assert_size, randomize_bn, stage_output_shapes
 
 
 def _timm_key(k: str) -> str:
@@ -35,7 +27,7 @@ def test_block_matches_timm_bottleneck(in_ch, stride, cardinality):
         down = nn.Sequential(nn.Conv2d(in_ch, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes))
     ref = TimmBottleneck(in_ch, planes, stride, down, cardinality=cardinality, base_width=base_width)
     ours = Bottleneck(in_ch, 4 * planes, stride, mid_ch=width, groups=cardinality)
-    _randomize_bn(ref)
+    randomize_bn(ref)
     ours.load_state_dict({_timm_key(k): v for k, v in ref.state_dict().items()})
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)
@@ -56,9 +48,7 @@ MACS = {"resnext29_4x8d": 69_329_920, "resnext29_2x64d": 1_411_158_016}
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_pinned_size(name):
-    model = create(name)
-    assert count_params(model) == PARAMS[name]
-    assert count_macs(model) == MACS[name]
+    assert_size(create(name), PARAMS[name], MACS[name])
 
 
 def _resnext29_macs(stem, outs, cardinality, d, classes=100):
@@ -95,8 +85,4 @@ def test_blocks_start_as_identity():
 
 def test_stage_resolutions():
     model = create("resnext29_4x8d").eval()
-    shapes = []
-    for stage in model.stages:
-        stage.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
-    model(torch.randn(1, 3, 32, 32))
-    assert shapes == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]
+    assert stage_output_shapes(model) == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]

@@ -6,16 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab.models import count_macs, count_params, create, get_entry
+from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.segnext import MultiScaleConvAttention, SpatialGatingBlock
-
-
-def _randomise(module: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module.eval()
+from helpers import assert_no_padding_only_taps, assert_size, randomise
 
 
 def msca_params(C: int, strips=(7, 11, 21), k0: int = 5) -> int:
@@ -39,7 +32,7 @@ def test_msca_kernel_shapes_and_params(C, strips):
 def test_msca_is_attention_times_input():
     """Att = Conv1x1(DW5(x) + sum_k DWkx1(DW1xk(DW5(x)))), Out = Att * x (strips applied to the 5x5 output)."""
     C, strips = 8, (3, 5, 7)
-    m = _randomise(MultiScaleConvAttention(C, strips))
+    m = randomise(MultiScaleConvAttention(C, strips))
     x = torch.randn(2, C, 10, 10)
     a0 = F.conv2d(x, m.conv0.weight, m.conv0.bias, padding=2, groups=C)
     att = a0
@@ -58,7 +51,7 @@ def test_msca_is_attention_times_input():
 def test_block_structure_and_residuals():
     """x + ls1 * (u + proj2(MSCA(GELU(proj1(u))))) with u = BN(x), then x + ls2 * MLP(BN(x))."""
     C = 16
-    block = _randomise(SpatialGatingBlock(C, MultiScaleConvAttention(C, (3, 5, 7)), mlp_ratio=4))
+    block = randomise(SpatialGatingBlock(C, MultiScaleConvAttention(C, (3, 5, 7)), mlp_ratio=4))
     x = torch.randn(2, C, 8, 8)
     u = block.norm1(x)
     a = block.attn
@@ -97,17 +90,7 @@ def test_stage_resolutions_and_strip_sizes(models, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_no_kernel_tap_only_sees_padding(models, name):
-    """Every padded conv's span (k-1)d+1 fits in 2H-1 of the map it runs on."""
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, a: seen.append((mod, a[0].shape[-2:])))
-             for m in models[name].modules() if isinstance(m, nn.Conv2d) and m.padding != (0, 0)]
-    models[name](torch.zeros(1, 3, 32, 32))
-    for h in hooks:
-        h.remove()
-    assert seen
-    for conv, (h, w) in seen:
-        assert (conv.kernel_size[0] - 1) * conv.dilation[0] + 1 <= 2 * h - 1
-        assert (conv.kernel_size[1] - 1) * conv.dilation[1] + 1 <= 2 * w - 1
+    assert_no_padding_only_taps(models[name])
 
 
 @pytest.mark.parametrize("name,tier,params,macs", [
@@ -116,8 +99,7 @@ def test_no_kernel_tap_only_sees_padding(models, name):
 ])
 def test_pinned_sizes(models, name, tier, params, macs):
     assert get_entry(name).tier == tier
-    assert count_params(models[name]) == params
-    assert count_macs(models[name]) == macs
+    assert_size(models[name], params, macs)
 
 
 def test_msca_as_resnet_attention():

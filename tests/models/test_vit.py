@@ -9,6 +9,7 @@ import torch.nn as nn
 from cifarlab.models import count_params, create
 from cifarlab.models.layers.transformer import DropPath, TransformerBlock
 from cifarlab.models.vit import VisionTransformer
+from helpers import randomize_layer_norms
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
 
@@ -29,18 +30,11 @@ def test_param_formula(dim, depth, pool):
     assert count_params(model) == expected
 
 
-def _randomize_norms(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            nn.init.normal_(m.weight, 1.0, 0.2)
-            nn.init.normal_(m.bias, 0.0, 0.2)
-
-
 def test_block_matches_timm():
     ours = TransformerBlock(128, num_heads=4).eval()
     ref = timm_vit.Block(128, num_heads=4, mlp_ratio=4.0, qkv_bias=True,
                          norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
-    _randomize_norms(ref)
+    randomize_layer_norms(ref)
     ours.load_state_dict(ref.state_dict())  # same key names: norm1, attn.qkv, attn.proj, norm2, mlp.fc1/fc2
     x = torch.randn(2, 65, 128)
     torch.testing.assert_close(ours(x), ref(x))
@@ -56,7 +50,7 @@ def test_network_matches_timm(pool):
         img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
         num_classes=100, global_pool=pool, class_token=pool == "token", fc_norm=False,
     ).eval()
-    _randomize_norms(ref)
+    randomize_layer_norms(ref)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(ours(x), ref(x))

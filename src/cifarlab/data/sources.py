@@ -63,7 +63,7 @@ def parse_synthetic(source: str) -> tuple[int, int, int]:
 def _load_synthetic(source: str, info: DatasetInfo) -> RawSource:
     train, test, seed = parse_synthetic(source)
     ds = synthetic_dataset(info, train=train, test=test, seed=seed)
-    return RawSource("synthetic", ds, f"synthetic-v1-{info.name}-{train}-{test}-{seed}", f"synthetic ({train} train / {test} test, seed {seed})")
+    return RawSource("synthetic", ds, f"synthetic-v2-{info.name}-{train}-{test}-{seed}", f"synthetic ({train} train / {test} test, seed {seed})")
 
 
 def _parquet_rows(path: Path) -> int:
@@ -124,7 +124,8 @@ def _pickle_split(path: Path, label_keys: list[bytes]) -> tuple[np.ndarray, list
         raise CifarlabError(f"{path}: CIFAR pickle without a b'data' entry")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise CifarlabError(f"{path}: CIFAR pickle data has shape {data.shape}; expected (N, 3072) for 32x32 RGB images")
+        raise CifarlabError(f"{path}: CIFAR pickle data has shape {data.shape}; "
+                            f"expected (N, 3072) for 32x32 RGB images")
     x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     labels = []
     for k in label_keys:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datasets
 import numpy as np
 
-from .meta import DatasetInfo
+from .meta import CIFAR100_FINE_TO_COARSE, DatasetInfo
 
 
 def _class_patterns(num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -47,6 +47,6 @@ def synthetic_dataset(info: DatasetInfo, train: int = 5000, test: int = 1000, se
         x, y = synthetic_arrays(info, n, seed, split_seed)
         cols = {"img": list(x), info.label_column: y}
         if info.coarse_column:
-            cols[info.coarse_column] = y * len(info.coarse_classes) // info.num_classes
+            cols[info.coarse_column] = np.asarray(CIFAR100_FINE_TO_COARSE)[y]
         splits[split] = datasets.Dataset.from_dict(cols, features=datasets.Features(features))
     return datasets.DatasetDict(splits)

@@ -30,6 +30,7 @@ import torch.nn as nn
 from .layers.activations import make_act
 from .layers.convnext_block import ConvNeXtBlock
 from .layers.norm import DropPath, LayerNorm2d, drop_path_rates
+from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
 from .registry import register_model
 
 _PAPER = "A ConvNet for the 2020s (Liu et al., 2022)"
@@ -54,24 +55,13 @@ def _stage_resolutions(img_size: int, stem_stride: int, num_stages: int) -> tupl
     return res
 
 
-def _init_weights(model: nn.Module) -> None:
-    """ConvNeXt's initialisation: truncated normal (std 0.02) for conv and linear weights, zero biases."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
 class ConvNeXtStage(nn.Module):
     """An optional downsampling layer (LayerNorm + 2x2 conv, stride 2) followed by ConvNeXt blocks."""
 
     def __init__(self, in_dim: int, dim: int, depth: int, kernel_size: int, downsample: bool,
                  drop_paths: Sequence[float], ls_init_value: float | None, radix: int):
         super().__init__()
-        self.downsample = (
-            nn.Sequential(LayerNorm2d(in_dim), nn.Conv2d(in_dim, dim, 2, 2)) if downsample else nn.Identity()
-        )
+        self.downsample = ln_downsample(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[
             ConvNeXtBlock(dim, kernel_size, ls_init_value=ls_init_value, drop_path=drop_paths[j], radix=radix)
             for j in range(depth)
@@ -107,7 +97,7 @@ class ConvNeXt(nn.Module):
             raise ValueError("depths and dims must have the same length")
         self.resolutions = _stage_resolutions(img_size, patch_size, len(dims))
         self.kernel_sizes = stage_kernel_sizes(kernel_size, self.resolutions)
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], patch_size, patch_size), LayerNorm2d(dims[0]))
+        self.stem = patchify_stem(dims[0], patch_size)
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
@@ -118,7 +108,7 @@ class ConvNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
-        _init_weights(self)
+        init_trunc_normal(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -274,7 +264,7 @@ class ModernResNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(in_ch, eps=1e-6) if separate_downsample else nn.Identity()
         self.head = nn.Linear(in_ch, num_classes)
-        _init_weights(self)
+        init_trunc_normal(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

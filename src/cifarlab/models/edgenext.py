@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers.norm import DropPath, LayerNorm2d, drop_path_rates
+from .layers.norm import DropPath, drop_path_rates
+from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
 from .layers.transformer import Mlp
 from .registry import register_model
 
@@ -140,12 +141,11 @@ class EdgeNeXt(nn.Module):
         n = len(depths)
         if not all(len(s) == n for s in (dims, kernel_sizes, global_blocks, heads, scales)):
             raise ValueError("depths, dims, kernel_sizes, global_blocks, heads and scales need one entry per stage")
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], patch_size, patch_size), LayerNorm2d(dims[0]))
+        self.stem = patchify_stem(dims[0], patch_size)
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
         for i in range(n):
-            down = (nn.Identity() if i == 0 else
-                    nn.Sequential(LayerNorm2d(dims[i - 1]), nn.Conv2d(dims[i - 1], dims[i], 2, 2)))
+            down = nn.Identity() if i == 0 else ln_downsample(dims[i - 1], dims[i])
             blocks = [
                 ConvEncoder(dims[i], kernel_sizes[i], mlp_ratio, ls_init, rates[i][j])
                 if j < depths[i] - global_blocks[i] else
@@ -156,11 +156,7 @@ class EdgeNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

@@ -30,6 +30,7 @@ from .. import CifarlabError
 from .layers.activations import make_act
 from .layers.factory import register_conv
 from .layers.norm import DropPath, LayerNorm2d, drop_path_rates
+from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
 from .layers.transformer import Mlp
 from .registry import register_model
 
@@ -124,23 +125,18 @@ class HorNet(nn.Module):
         super().__init__()
         if not len(depths) == len(dims) == len(orders) == len(kernel_sizes):
             raise ValueError("depths, dims, orders and kernel_sizes need one entry per stage")
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], patch_size, patch_size), LayerNorm2d(dims[0]))
+        self.stem = patchify_stem(dims[0], patch_size)
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
         for i, (depth, dim) in enumerate(zip(depths, dims)):
-            down = (nn.Identity() if i == 0 else
-                    nn.Sequential(LayerNorm2d(dims[i - 1]), nn.Conv2d(dims[i - 1], dim, 2, 2)))
+            down = nn.Identity() if i == 0 else ln_downsample(dims[i - 1], dim)
             blocks = [HorNetBlock(dim, orders[i], kernel_sizes[i], scale, mlp_ratio, ls_init, rates[i][j])
                       for j in range(depth)]
             stages.append(nn.Sequential(down, *blocks))
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
         self.head = nn.Linear(dims[-1], num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_trunc_normal(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

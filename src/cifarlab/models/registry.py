@@ -19,7 +19,10 @@ Users register their own networks the same way, from their own module::
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -98,13 +101,22 @@ def aliases() -> dict[str, str]:
 
 
 def _load_entry_points() -> None:
-    """Import third-party plugins declared under the ``cifarlab.models`` entry-point group."""
+    """Import plugins: packages declaring the ``cifarlab.models`` entry-point group, and the modules named in
+    ``$CIFARLAB_PLUGINS`` (comma-separated, importable from the current folder or ``PYTHONPATH``)."""
     global _ENTRY_POINTS_LOADED
     if _ENTRY_POINTS_LOADED:
         return
     _ENTRY_POINTS_LOADED = True
     for ep in importlib.metadata.entry_points(group="cifarlab.models"):
         ep.load()
+    names = [n.strip() for n in os.environ.get("CIFARLAB_PLUGINS", "").split(",") if n.strip()]
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for n in names:
+        try:
+            importlib.import_module(n)
+        except ImportError as e:
+            raise CifarlabError(f"CIFARLAB_PLUGINS: cannot import {n!r} ({e})") from None
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -35,7 +35,9 @@ import torch
 import torch.nn as nn
 
 from .. import CifarlabError
-from .layers.bottleneck import CifarStageNet, ResidualBlock, block_stages, projection_shortcut
+from .layers.bottleneck import (
+    CifarStageNet, ResidualBlock, projection_shortcut, resnext29_blocks, uniform_stage_net,
+)
 from .layers.conv import ConvNormAct
 from .registry import register_model
 from .resnet import ShortcutA
@@ -167,9 +169,7 @@ def res2net(
         return Res2NetBasicBlock(in_ch, out_ch, stride, scale, shortcut, attention, attention_kwargs,
                                  attention_position, act)
 
-    strides = [1] + [2] * (len(widths) - 1)
-    stages = block_stages(make_block, widths[0], [n] * len(widths), widths, strides)
-    return CifarStageNet(widths[0], stages, widths[-1], num_classes, act, global_pool, zero_init_last)
+    return uniform_stage_net(make_block, n, widths, widths[0], num_classes, act, global_pool, zero_init_last)
 
 
 def res2net_bottleneck(
@@ -193,18 +193,14 @@ def res2net_bottleneck(
     official ``baseWidth`` convention: 26w x 4s gives 104 channels in the module where
     the ResNet bottleneck has 64).
     """
-    if (depth - 2) % 9 != 0 or depth < 11:
-        raise ValueError(f"CIFAR Res2Net (bottleneck) depth must be 9n+2 (11, 20, 29...), got {depth}")
-    n = (depth - 2) // 9
+    n = resnext29_blocks(depth, "Res2Net (bottleneck)")
 
     def make_block(in_ch: int, out_ch: int, stride: int, stage: int) -> Res2NetBottleneck:
         width = math.floor(out_ch // 4 * base_width / 64) * cardinality
         return Res2NetBottleneck(in_ch, out_ch, stride, width, scale, cardinality, attention, attention_kwargs,
                                  attention_position, act)
 
-    strides = [1] + [2] * (len(widths) - 1)
-    stages = block_stages(make_block, stem_width, [n] * len(widths), widths, strides)
-    return CifarStageNet(stem_width, stages, widths[-1], num_classes, act, global_pool, zero_init_last)
+    return uniform_stage_net(make_block, n, widths, stem_width, num_classes, act, global_pool, zero_init_last)
 
 
 _PAPER = "Res2Net: A New Multi-scale Backbone Architecture (Gao et al., 2021)"

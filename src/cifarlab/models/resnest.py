@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .layers.bottleneck import CifarStageNet, ResidualBlock, block_stages, projection_shortcut
+from .layers.bottleneck import (
+    CifarStageNet, ResidualBlock, projection_shortcut, resnext29_blocks, uniform_stage_net,
+)
 from .layers.conv import ConvNormAct
 from .layers.split_attention import SplitAttention
 from .registry import register_model
@@ -87,17 +89,13 @@ def resnest(
     zero_init_last: bool = True,
 ) -> CifarStageNet:
     """CIFAR ResNeSt-``depth`` (9n+2), ``{radix}s{cardinality}x{group_width}d``; block width K*d*2**stage."""
-    if (depth - 2) % 9 != 0 or depth < 11:
-        raise ValueError(f"CIFAR ResNeSt depth must be 9n+2 (11, 20, 29...), got {depth}")
-    n = (depth - 2) // 9
+    n = resnext29_blocks(depth, "ResNeSt")
 
     def make_block(in_ch: int, out_ch: int, stride: int, stage: int) -> ResNeStBottleneck:
         return ResNeStBottleneck(in_ch, out_ch, stride, cardinality * group_width * 2 ** stage, radix, cardinality,
                                  avd, avg_down, attention, attention_kwargs, attention_position, act)
 
-    strides = [1] + [2] * (len(widths) - 1)
-    stages = block_stages(make_block, stem_width, [n] * len(widths), widths, strides)
-    return CifarStageNet(stem_width, stages, widths[-1], num_classes, act, global_pool, zero_init_last)
+    return uniform_stage_net(make_block, n, widths, stem_width, num_classes, act, global_pool, zero_init_last)
 
 
 _PAPER = "ResNeSt: Split-Attention Networks (Zhang et al., 2022)"

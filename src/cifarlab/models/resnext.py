@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .layers.bottleneck import Bottleneck, CifarStageNet, block_stages
+from .layers.bottleneck import Bottleneck, CifarStageNet, resnext29_blocks, uniform_stage_net
 from .registry import register_model
 
 
@@ -38,18 +38,14 @@ def resnext(
     zero_init_last: bool = True,
 ) -> CifarStageNet:
     """CIFAR ResNeXt-``depth`` (C x d): bottleneck width ``C * d * 2**stage`` inside ``widths[stage]`` outputs."""
-    if (depth - 2) % 9 != 0 or depth < 11:
-        raise ValueError(f"CIFAR ResNeXt depth must be 9n+2 (11, 20, 29...), got {depth}")
-    n = (depth - 2) // 9
+    n = resnext29_blocks(depth, "ResNeXt")
 
     def make_block(in_ch: int, out_ch: int, stride: int, stage: int) -> Bottleneck:
         return Bottleneck(in_ch, out_ch, stride, mid_ch=cardinality * group_width * 2 ** stage, groups=cardinality,
                           attention=attention, attention_kwargs=attention_kwargs,
                           attention_position=attention_position, act=act)
 
-    strides = [1] + [2] * (len(widths) - 1)
-    stages = block_stages(make_block, stem_width, [n] * len(widths), widths, strides)
-    return CifarStageNet(stem_width, stages, widths[-1], num_classes, act, global_pool, zero_init_last)
+    return uniform_stage_net(make_block, n, widths, stem_width, num_classes, act, global_pool, zero_init_last)
 
 
 _PAPER = "Aggregated Residual Transformations for Deep Neural Networks (Xie et al., 2017)"

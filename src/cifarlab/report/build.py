@@ -50,11 +50,9 @@ def _slug(text: str) -> str:
 
 
 def _focus_row(table: Table, name: str | None) -> Row:
-    if name:
-        for r in table.rows:
-            if name in (r.name, r.variant.model):
-                return r
-    return max(table.rows, key=lambda r: r.top1.mean)
+    """The row named ``name`` (variant or model) when the table has it, else the most accurate."""
+    named = [r for r in table.rows if name in (r.name, r.variant.model)]
+    return named[0] if named else max(table.rows, key=lambda r: r.top1.mean)
 
 
 def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
@@ -66,8 +64,10 @@ def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
         else:
             figs.missing[kind] = why
 
-    baseline = next((r for r in table.rows if focus.baseline is not None and r.variant is focus.baseline), None) \
-        or next((r for r in table.rows if r.is_baseline and r is not focus), None)
+    if focus.baseline is not None:
+        baseline = next(r for r in table.rows if r.variant is focus.baseline)
+    else:
+        baseline = next((r for r in table.rows if r.is_baseline and r is not focus), None)
     no_preds = "the records carry no per-image test predictions"
     add("accuracy_bars", fg.accuracy_bars(table, folder / "accuracy_bars"), "")
     add("delta_forest", fg.delta_forest(table, folder / "delta_forest"), "no variant has a baseline to compare with")
@@ -110,10 +110,17 @@ def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
         if key not in groups:
             raise CifarlabError(f"--gradcam {g}: its data ({key[0]}, {key[1]}) is not among the reported runs")
         gradcam_keys.setdefault(key, []).append(g)
+    tables_by_data = {key: build_tables(ds_runs, opts.baselines) for key, ds_runs in groups.items()}
+    names = {n for ts in tables_by_data.values() for t in ts for r in t.rows for n in (r.name, r.variant.model)}
+    for flag, wanted in (("--focus", [opts.focus] if opts.focus else []), ("--baseline", opts.baselines)):
+        for name in wanted:
+            if name not in names:
+                raise CifarlabError(f"{flag} {name}: no such variant or model among the runs; choose from "
+                                    f"{', '.join(sorted(names))}")
     sections = []
     for (dataset, fp), ds_runs in groups.items():
         sub = Path(_slug(f"{dataset}-{fp[:16]}")) if len(groups) > 1 else Path()
-        tables = build_tables(ds_runs, opts.baselines)
+        tables = tables_by_data[(dataset, fp)]
         figs, files, focus = {}, {}, {}
         for t in tables:
             tdir = out / "tables" / sub

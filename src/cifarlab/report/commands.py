@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .. import CifarlabError
+from ..config import format_validation_error
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -17,9 +20,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         page, report = write_results_page(Path(args.paths[0]), Path(args.out), Path(args.page))
         print(f"wrote {page}" + (f" and {report}" if report else f" (no run records under {args.paths[0]})"))
         return 0
-    report, sections = build_report(ReportOptions(
-        paths=args.paths, out=args.out, split_by_dataset=args.split_by_dataset, baselines=args.baseline or [],
-        focus=args.focus, gradcam=args.gradcam or [], gradcam_images=args.gradcam_images))
+    try:
+        opts = ReportOptions(paths=args.paths, out=args.out, split_by_dataset=args.split_by_dataset,
+                             baselines=args.baseline or [], focus=args.focus, gradcam=args.gradcam or [],
+                             gradcam_images=args.gradcam_images)
+    except ValidationError as err:
+        raise CifarlabError(format_validation_error(err, "report")) from None
+    report, sections = build_report(opts)
     n_runs = sum(len(s.runs) for s in sections)
     n_rows = sum(len(t.rows) for s in sections for t in s.tables)
     print(f"{n_runs} runs, {n_rows} variants -> {report} (tables/ and figures/ beside it)")
@@ -34,8 +41,9 @@ def add_commands(sub) -> None:
     r.add_argument("--split-by-dataset", action="store_true",
                    help="one section per dataset (and fingerprint) instead of refusing mixed data")
     r.add_argument("--baseline", action="append", metavar="NAME",
-                   help="variant or model to compare against (repeat for one per tier); default: a variant "
-                        "named 'baseline', else the plain ResNets")
+                   help="variant or model to compare against (repeat for one per tier); default: the baselines "
+                        "in the study's study.json, else a variant named 'baseline', else the plain ResNets "
+                        "(eca_resnet56 -> resnet56)")
     r.add_argument("--focus", metavar="NAME", help="variant for the confusion and per-class figures "
                                                    "(default: the most accurate)")
     r.add_argument("--gradcam", action="append", metavar="RUN_DIR", help="draw Grad-CAM examples for this run")

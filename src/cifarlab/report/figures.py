@@ -97,7 +97,7 @@ def place_labels(fig: Figure, ax, xs: list[float], ys: list[float], labels: list
                (7, 20), (7, -20), (-7, 20), (-7, -20), (14, 30), (14, -30), (-14, 30), (-14, -30),
                (20, 42), (20, -42), (-20, 42), (-20, -42)]
     for i in sorted(range(len(labels)), key=lambda i: -ys[i]):
-        chosen = None
+        placed = None
         for dx, dy in offsets:
             ha = "left" if dx > 0 else "right" if dx < 0 else "center"
             far = abs(dy) > 12
@@ -106,14 +106,14 @@ def place_labels(fig: Figure, ax, xs: list[float], ys: list[float], labels: list
                             arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if far else None)
             bb = t.get_window_extent(renderer)
             if axes_bb.contains(bb.x0, bb.y0) and axes_bb.contains(bb.x1, bb.y1) and not _overlaps(bb, taken):
-                chosen = (t, bb)
+                placed = bb
                 break
             t.remove()
-        if chosen is None:  # crowded: the first offset, accepted as is
+        if placed is None:  # crowded: the first offset, accepted as is
             t = ax.annotate(labels[i], (xs[i], ys[i]), xytext=offsets[0], textcoords="offset points",
                             ha="left", va="center", fontsize=7, bbox=LABEL_BOX, zorder=6)
-            chosen = (t, t.get_window_extent(renderer))
-        taken.append(chosen[1])
+            placed = t.get_window_extent(renderer)
+        taken.append(placed)
 
 
 def accuracy_bars(table: Table, stem: Path) -> list[Path]:
@@ -127,11 +127,12 @@ def accuracy_bars(table: Table, stem: Path) -> list[Path]:
         ax.barh(y, means, xerr=stds, color=[_tier_color(r.variant.tier) for r in rows],
                 edgecolor=["black" if r.is_baseline else "none" for r in rows], linewidth=1.2,
                 error_kw={"elinewidth": 1, "capsize": 3}, height=0.65)
+        right = max(1.0, max(m + s for m, s in zip(means, stds)))
         for yi, m, s in zip(y, means, stds):
-            ax.text(m + s + 0.01 * max(means), yi, f"{m:.2f}", va="center", fontsize=7)
+            ax.text(m + s + 0.01 * right, yi, f"{m:.2f}", va="center", fontsize=7)
         ax.set_yticks(y, [f"{r.name}  (n={r.top1.n})" for r in rows])
         ax.set_xlabel("Top-1 test accuracy (%), mean ± std over seeds")
-        ax.set_xlim(0, max(m + s for m, s in zip(means, stds)) * 1.12)
+        ax.set_xlim(0, right * 1.12)
         ax.set_ylim(-0.6, len(rows) - 0.4)
         ax.grid(axis="y", visible=False)
         ax.set_title(f"Top-1 accuracy — {table.title}")
@@ -153,7 +154,7 @@ def delta_forest(table: Table, stem: Path) -> list[Path] | None:
         for yi, r in zip(y, rows):
             c = r.comparison
             color = VERDICT_COLORS[c.verdict]
-            ax.errorbar(100 * c.delta, yi, xerr=[[100 * (c.delta - c.low)], [100 * (c.high - c.delta)]],
+            ax.errorbar(100 * c.delta, yi, xerr=[[100 * max(c.delta - c.low, 0)], [100 * max(c.high - c.delta, 0)]],
                         fmt="o", color=color, capsize=3, ms=5)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, [f"{r.name} vs {r.comparison.baseline}" for r in rows])
@@ -184,9 +185,12 @@ def _scatter(table: Table, stem: Path, cost: Callable[[Row], float], xlabel: str
                     zorder=2)
         ax.scatter([xs[i] for i in front], [ys[i] for i in front], s=150, facecolors="none",
                    edgecolors="#2ca02c", lw=1.2, zorder=4)
+        ax.margins(x=0.2, y=0.15)
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-        ax.margins(x=0.2, y=0.15)
+        elif max(xs) - min(xs) < 0.1 * max(map(abs, xs)):  # nearly equal costs: show them as nearly equal
+            centre = (max(xs) + min(xs)) / 2
+            ax.set_xlim(centre - 0.1 * abs(centre) - 1e-12, centre + 0.1 * abs(centre) + 1e-12)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("Top-1 test accuracy (%), mean ± std over seeds")
         ax.set_title(title)
@@ -198,13 +202,23 @@ def _scatter(table: Table, stem: Path, cost: Callable[[Row], float], xlabel: str
         return save(fig, stem)
 
 
+def count_unit(max_value: float) -> tuple[float, str]:
+    """(divisor, word) for a count axis: thousands, millions or billions."""
+    for div, word in ((1e9, "billions"), (1e6, "millions")):
+        if max_value >= div:
+            return div, word
+    return 1e3, "thousands"
+
+
 def accuracy_vs_params(table: Table, stem: Path) -> list[Path]:
-    return _scatter(table, stem, lambda r: r.params / 1e6, "Parameters (millions)",
+    div, word = count_unit(max(r.params for r in table.rows))
+    return _scatter(table, stem, lambda r: r.params / div, f"Parameters ({word})",
                     f"Accuracy vs parameters — {table.title}")
 
 
 def accuracy_vs_macs(table: Table, stem: Path) -> list[Path]:
-    return _scatter(table, stem, lambda r: r.macs / 1e6, "Multiply-adds per 32×32 image (millions; convs and "
+    div, word = count_unit(max(r.macs for r in table.rows))
+    return _scatter(table, stem, lambda r: r.macs / div, f"Multiply-adds per 32×32 image ({word}; convs and "
                     "matmuls only)", f"Accuracy vs MACs — {table.title}")
 
 
@@ -248,7 +262,7 @@ def training_curves(table: Table, stem: Path) -> list[Path] | None:
     if not rows:
         return None
     n_total = sum(1 for r in table.rows if any(run.metrics for run in r.variant.runs))
-    colors = mpl.colormaps["tab10" if len(rows) <= 10 else "tab20"].colors
+    colors = mpl.colormaps["tab10"].colors  # MAX_CURVE_VARIANTS <= 10
     with mpl.rc_context(STYLE):
         fig = _figure(12, 4.8 + 0.25 * ((len(rows) + 3) // 4))
         ax_loss, ax_acc = fig.subplots(1, 2)

@@ -50,7 +50,7 @@ def _as_map(t: torch.Tensor, image: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def _explained_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
+def explained_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(feature map, its gradient, predicted classes): the ``forward_features`` output when the target logit
     depends on it, else the last module output on the image grid whose gradient is not zero."""
@@ -85,7 +85,7 @@ def _explained_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | Non
             h.remove()
         if patched:
             del model.forward_features  # the instance attribute; the class's method shows through again
-    live = [t for t in captured if t.grad is not None and t.grad.abs().sum() > 0]
+    live = [t for t in captured if t.grad is not None and _as_map(t.grad, x).abs().sum() > 0]
     if preferred and any(preferred[-1] is t for t in live):
         chosen = preferred[-1]
     elif live:
@@ -99,7 +99,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
     """(heat-maps (N, H, W) in 0..1 at the input resolution, predicted classes (N,)) for a batch ``x``."""
     model.eval()
     model.zero_grad(set_to_none=True)
-    fmap, grad, pred = _explained_map(model, x, target)
+    fmap, grad, pred = explained_map(model, x, target)
     weights = grad.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * fmap).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

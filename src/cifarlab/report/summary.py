@@ -9,7 +9,7 @@ and collects the numbers a table, a figure or a sentence needs.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import mean, stdev
 
 from ..io import read_json
@@ -79,7 +79,6 @@ class Table:
     fingerprint: str
     study: str | None
     rows: list[Row]
-    baselines: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -96,9 +95,6 @@ class Table:
     @property
     def runs(self) -> list[Run]:
         return [run for r in self.rows for run in r.variant.runs]
-
-    def row(self, name: str) -> Row:
-        return next(r for r in self.rows if r.name == name)
 
 
 def _mean_std(values: list[float]) -> MeanStd | None:
@@ -160,7 +156,7 @@ def assign_baselines(variants: list[Variant], requested: list[str]) -> dict[str,
 def _comparison(row: dict, n_baseline: int) -> Comparison | None:
     if row["delta_top1"] is None:
         return None
-    real = bool(row["gain"]) or row["verdict"] == "worse"
+    real = bool(row["gain"]) or bool(row.get("loss"))
     return Comparison(row["baseline"], row["delta_top1"], row["ci_low"], row["ci_high"], real, n_baseline,
                       row["n_seeds"])
 
@@ -190,6 +186,5 @@ def build_tables(runs: list[Run], requested_baselines: list[str] | None = None) 
                 comparison=_comparison(st, len(by_name[base].runs) if base else 0), is_baseline=base == v.name))
         rows.sort(key=lambda r: (TIER_ORDER.get(r.variant.tier, 9), r.variant.tier, not r.is_baseline, r.name))
         first = members[0].runs[0]
-        tables.append(Table(first.record["dataset"], first.record["dataset_fingerprint"], study, rows,
-                            sorted(r.name for r in rows if r.is_baseline)))
+        tables.append(Table(first.record["dataset"], first.record["dataset_fingerprint"], study, rows))
     return tables

@@ -182,7 +182,7 @@ def methods(section: Section, w: Writer) -> list[str]:
     return out
 
 
-def _claim(row: Row, w: Writer) -> str:
+def claim_sentence(row: Row, w: Writer) -> str:
     """One sentence on a variant against its baseline."""
     c, b = row.comparison, row.baseline
     dparams = row.params - _param_count(b)
@@ -228,7 +228,7 @@ def comparison(section: Section, w: Writer) -> list[str]:
                            f"over {_seeds(row.top1.n)}.")
         for row in t.rows:
             if row.comparison is not None:
-                out.append(_claim(row, w))
+                out.append(claim_sentence(row, w))
         best = max(t.rows, key=lambda r: r.top1.mean)
         out.append(f"- Highest mean top-1: **{best.name}**, {w.num(pct(best.top1) + ' %', best.variant.runs)}.")
         out.append("")

@@ -26,7 +26,12 @@ def _set_overrides(items: list[str] | None) -> dict[str, Any]:
         *parents, last = key.strip().split(".")
         for p in parents:
             d = d.setdefault(p, {})
-        d[last] = yaml.safe_load(value)
+            if not isinstance(d, dict):
+                raise CifarlabError(f"--set {key}: {p} is a value, not a group of fields")
+        try:
+            d[last] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise CifarlabError(f"--set {key}: cannot read {value!r} as a YAML value") from None
     return over
 
 

@@ -219,7 +219,7 @@ def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None 
     if not isinstance(raw, dict):
         raise CifarlabError(f"{source}: a study file is a mapping with name, seeds, variants ...")
     try:
-        spec = StudyFile(**raw)
+        spec = StudyFile.model_validate(raw)
     except ValidationError as err:
         msg = format_validation_error(err, source)
         if "unknown field" in msg:

@@ -124,7 +124,8 @@ def _tier(model: str) -> str | None:
         return None
 
 
-def _verdict(n_base: int, n_var: int, lo: float, hi: float) -> tuple[str, bool]:
+def verdict(n_base: int, n_var: int, lo: float, hi: float) -> tuple[str, bool]:
+    """(verdict text, whether a gain is demonstrated); a demonstrated loss reads "worse"."""
     if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM:
         return f"n < {MIN_SEEDS_FOR_A_CLAIM} seeds: no claim", False
     if lo > 0:
@@ -174,7 +175,8 @@ def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRec
         else:
             delta, lo, hi = difference_ci(matrices[base], matrices[v["name"]], n_boot=n_boot, seed=seed)
             row.update(delta_top1=delta, ci_low=lo, ci_high=hi)
-            row["verdict"], row["gain"] = _verdict(len(matrices[base]), len(recs), lo, hi)
+            row["verdict"], row["gain"] = verdict(len(matrices[base]), len(recs), lo, hi)
+            row["loss"] = row["verdict"] == "worse"
         rows.append(row)
     return rows
 

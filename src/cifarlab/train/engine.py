@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
-from ..io import read_json, write_json
+from ..io import atomic_open, read_json, write_json
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
@@ -83,16 +83,22 @@ def _prepare_run_dir(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite:
         elif not resume:
             raise CifarlabError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
         elif files.config.exists():
-            saved = read_json(files.config)
-            diff = sorted(k for k in set(saved) | set(cfg.model_dump(mode="json"))
-                          if saved.get(k) != cfg.model_dump(mode="json").get(k))
-            if diff:
-                raise CifarlabError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
-                                    f"use --overwrite to start again")
+            _check_same_config(files, cfg)
             return True
     root.mkdir(parents=True, exist_ok=True)
     write_json(files.config, cfg.model_dump(mode="json"))
     return False
+
+
+def _check_same_config(files: RunFiles, cfg: TrainConfig) -> None:
+    """--resume continues only the run that was started: the same resolved config."""
+    if not files.config.exists():
+        return
+    saved, now = read_json(files.config), cfg.model_dump(mode="json")
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise CifarlabError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
+                            f"use --overwrite to start again")
 
 
 def _accelerator(cfg: TrainConfig, root: Path) -> Accelerator:
@@ -140,7 +146,8 @@ def _rewrite_metrics(path: Path, upto_epoch: int) -> None:
                 keep.append(ln)
         except (ValueError, KeyError):
             break  # a torn last line from a kill
-    path.write_text("".join(k + "\n" for k in keep))
+    with atomic_open(path, "w") as f:  # a kill while rewriting must not lose the kept lines
+        f.write("".join(k + "\n" for k in keep))
 
 
 def _append_metrics(path: Path, row: dict) -> None:
@@ -160,6 +167,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     wall_start = time.perf_counter()
     files = RunFiles(Path(run_dir))
     if resume and files.result.exists() and not overwrite:
+        _check_same_config(files, cfg)
         return read_json(files.result)
     accelerator = _accelerator(cfg, files.root)
     main = accelerator.is_main_process
@@ -172,7 +180,13 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
         raise CifarlabError(f"batch_size {cfg.batch_size} is larger than the training split per process "
                             f"({len(data.train) // world} images)")
     _set_determinism(cfg)
-    model = create(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    try:
+        model = create(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
+    except ValueError as e:  # a constructor rejecting a model_kwargs value (e.g. depth 7) is the user's to fix
+        if not cfg.model_kwargs:
+            raise
+        raise CifarlabError(f"model {cfg.model!r} rejects model_kwargs {cfg.model_kwargs}: "
+                            f"{str(e).splitlines()[0]}") from None
     params, macs = count_params(model), count_macs(model)
     resuming = False
     if main:  # only now, with data and model known to be good, does the run folder appear
@@ -213,8 +227,11 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             if main:
                 _rewrite_metrics(files.metrics, epoch)
             accelerator.print(f"resuming {files.root} after epoch {epoch}")
-        elif resuming and main:
-            _rewrite_metrics(files.metrics, 0)
+        elif resuming:
+            if any(files.checkpoints.glob("epoch-*")):
+                accelerator.print(f"no intact checkpoint in {files.checkpoints}; starting again from epoch 1")
+            if main:
+                _rewrite_metrics(files.metrics, 0)
 
     train_model, optimizer = accelerator.prepare(model, optimizer)
     if cfg.compile:
@@ -245,7 +262,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if cfg.grad_clip:
-                accelerator.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
+                grad_norm = accelerator.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
             optimizer.step()
             scheduler.step()
             if ema is not None:
@@ -255,7 +274,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             correct += (logits.detach().argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()  # soft: mixup/cutmix
             seen += len(y)
             global_step = (epoch - 1) * spe + step
-            bad = ~torch.isfinite(loss_d)
+            bad = ~(torch.isfinite(loss_d) & torch.isfinite(grad_norm))
             nonfinite_step = torch.where(bad & (nonfinite_step < 0), global_step, nonfinite_step)
             if (step + 1) % cfg.nan_check_every == 0 or step + 1 == spe:
                 _check_finite(nonfinite_step, spe, files, main)
@@ -305,7 +324,8 @@ def _check_finite(nonfinite_step: torch.Tensor, spe: int, files: RunFiles, main:
     bad = int(nonfinite_step.item())
     if bad >= 0:
         epoch, step = bad // spe + 1, bad % spe + 1
-        msg = (f"non-finite loss at epoch {epoch}, step {step} of {spe}; stopped. The last good checkpoint "
+        msg = (f"non-finite loss or gradient at epoch {epoch}, step {step} of {spe}; stopped. "
+               f"The last good checkpoint "
                f"(epoch {epoch - 1}) is kept; try a lower --lr or grad_clip")
         if main:
             write_json(files.error, {"error": msg, "epoch": epoch, "step": step})

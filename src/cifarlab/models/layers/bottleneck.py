@@ -1,6 +1,6 @@
 """Pieces shared by the bottleneck families (ResNeXt, Res2Net, ResNeSt, CSP): the residual
-tail with the attention switch, the ResNeXt bottleneck, projection shortcuts, and one
-CIFAR trunk (3x3 stem, stages, global pool, linear head).
+tail with the attention switch, the ResNeXt bottleneck, projection shortcuts, one
+CIFAR trunk (3x3 stem, stages, global pool, linear head) and its stage-layout builders.
 
 He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (bottleneck);
 Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017
@@ -165,3 +165,18 @@ def block_stages(make_block, in_ch: int, depths: Sequence[int], widths: Sequence
             in_ch = w
         stages.append(nn.Sequential(*blocks))
     return stages
+
+
+def resnext29_blocks(depth: int, family: str) -> int:
+    """Blocks per stage ``n`` of the CIFAR ResNeXt-29 layout: depth = 9n + 2 (3 stages of n 3-conv blocks)."""
+    if (depth - 2) % 9 != 0 or depth < 11:
+        raise ValueError(f"CIFAR {family} depth must be 9n+2 (11, 20, 29...), got {depth}")
+    return (depth - 2) // 9
+
+
+def uniform_stage_net(make_block, blocks: int, widths: Sequence[int], stem_width: int, num_classes: int = 100,
+                      act: str = "relu", global_pool: str = "avg", zero_init_last: bool = False) -> CifarStageNet:
+    """A :class:`CifarStageNet` of ``blocks`` blocks per stage at ``widths``, stride 2 from the second stage on."""
+    strides = [1] + [2] * (len(widths) - 1)
+    stages = block_stages(make_block, stem_width, [blocks] * len(widths), widths, strides)
+    return CifarStageNet(stem_width, stages, widths[-1], num_classes, act, global_pool, zero_init_last)
