@@ -30,7 +30,7 @@ import torch.nn as nn
 from .layers.activations import make_act
 from .layers.convnext_block import ConvNeXtBlock
 from .layers.norm import DropPath, LayerNorm2d, drop_path_rates
-from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
+from .layers.patchify import HierarchicalTrunk, init_trunc_normal, ln_downsample, patchify_stem
 from .registry import register_model
 
 _PAPER = "A ConvNet for the 2020s (Liu et al., 2022)"
@@ -71,7 +71,7 @@ class ConvNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(HierarchicalTrunk):
     """ConvNeXt (Liu et al., 2022) for 32x32 inputs; see the module docstring for what differs.
 
     ``radix > 1`` swaps every block's depthwise conv for split attention over
@@ -106,15 +106,7 @@ class ConvNeXt(nn.Module):
                 drop_paths=rates[i], ls_init_value=ls_init_value, radix=radix,
             ))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-        init_trunc_normal(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.forward_features(x).mean(dim=(2, 3))))
+        self._finish(dims[-1], num_classes)
 
 
 def convnext(num_classes: int = 100, **kwargs: Any) -> ConvNeXt:

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers.norm import DropPath, drop_path_rates
-from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
+from .layers.patchify import HierarchicalTrunk, ln_downsample, patchify_stem
 from .layers.transformer import Mlp
 from .registry import register_model
 
@@ -119,7 +119,7 @@ class SplitDepthwiseTransposeAttention(nn.Module):
         return x + self.drop_path(t.transpose(1, 2).reshape(B, C, H, W))
 
 
-class EdgeNeXt(nn.Module):
+class EdgeNeXt(HierarchicalTrunk):
     """Patchify stem + LN; four stages (LN + 2x2/2 conv between them) of conv encoders ending in
     ``global_blocks[i]`` SDTA encoders; global average pool, LN, linear head."""
 
@@ -154,15 +154,7 @@ class EdgeNeXt(nn.Module):
             ]
             stages.append(nn.Sequential(down, *blocks))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-        init_trunc_normal(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.forward_features(x).mean(dim=(2, 3))))
+        self._finish(dims[-1], num_classes)
 
 
 def edgenext(num_classes: int = 100, **kwargs: Any) -> EdgeNeXt:

@@ -30,7 +30,7 @@ from .. import CifarlabError
 from .layers.activations import make_act
 from .layers.factory import register_conv
 from .layers.norm import DropPath, LayerNorm2d, drop_path_rates
-from .layers.patchify import init_trunc_normal, ln_downsample, patchify_stem
+from .layers.patchify import HierarchicalTrunk, ln_downsample, patchify_stem
 from .layers.transformer import Mlp
 from .registry import register_model
 
@@ -106,7 +106,7 @@ class HorNetBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-class HorNet(nn.Module):
+class HorNet(HierarchicalTrunk):
     """Patchify stem + LN, four stages of HorNet blocks (LN + 2x2/2 conv between stages), avg pool, LN, linear."""
 
     def __init__(
@@ -134,15 +134,7 @@ class HorNet(nn.Module):
                       for j in range(depth)]
             stages.append(nn.Sequential(down, *blocks))
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
-        self.head = nn.Linear(dims[-1], num_classes)
-        init_trunc_normal(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(self.stem(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.forward_features(x).mean(dim=(2, 3))))
+        self._finish(dims[-1], num_classes)
 
 
 def hornet(num_classes: int = 100, **kwargs: Any) -> HorNet:

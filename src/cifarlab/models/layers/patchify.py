@@ -7,6 +7,7 @@ and truncated-normal (std 0.02) initialisation of conv and linear weights.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .norm import LayerNorm2d
@@ -29,3 +30,21 @@ def init_trunc_normal(model: nn.Module) -> None:
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+class HierarchicalTrunk(nn.Module):
+    """Base of the ConvNeXt-style networks: ``stem`` -> ``stages`` -> global average -> LayerNorm -> linear.
+
+    Subclasses build ``self.stem`` and ``self.stages``, then call :meth:`_finish`.
+    """
+
+    def _finish(self, dim: int, num_classes: int) -> None:
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+        init_trunc_normal(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.forward_features(x).mean(dim=(2, 3))))
