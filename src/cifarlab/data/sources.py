@@ -15,7 +15,9 @@ import os
 import pickle
 import tarfile
 from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
+from typing import Callable
 
 import datasets
 import numpy as np
@@ -28,10 +30,17 @@ from .synthetic import synthetic_dataset
 
 @dataclass
 class RawSource:
+    """A resolved source: its fingerprint is known at once; the ``DatasetDict`` is built only when first
+    asked for, so a source already decoded into the cache is never read through ``datasets`` again."""
+
     kind: str  # "hub" | "parquet" | "pickle" | "synthetic"
-    dataset: datasets.DatasetDict
+    load: Callable[[], datasets.DatasetDict]
     fingerprint: str
     description: str
+
+    @cached_property
+    def dataset(self) -> datasets.DatasetDict:
+        return self.load()
 
 
 def _sha256_files(paths: list[Path], root: Path) -> str:
@@ -62,7 +71,7 @@ def parse_synthetic(source: str) -> tuple[int, int, int]:
 
 def _load_synthetic(source: str, info: DatasetInfo) -> RawSource:
     train, test, seed = parse_synthetic(source)
-    ds = synthetic_dataset(info, train=train, test=test, seed=seed)
+    ds = partial(synthetic_dataset, info, train=train, test=test, seed=seed)
     return RawSource("synthetic", ds, f"synthetic-v2-{info.name}-{train}-{test}-{seed}", f"synthetic ({train} train / {test} test, seed {seed})")
 
 
@@ -94,11 +103,15 @@ def _load_parquet_folder(root: Path) -> RawSource:
     fingerprint = _sha256_files([Path(p) for fs in splits.values() for p in fs], root)
     # datasets' own cache is keyed by file size and mtime and would serve a replaced file's old rows: key it by content
     hf_cache = cache_root() / "datasets" / fingerprint[:16]
-    try:
-        ds = datasets.load_dataset("parquet", data_files=splits, cache_dir=str(hf_cache))
-    except Exception as e:  # pyarrow / datasets raise many types for unreadable files
-        raise CifarlabError(f"{root}: cannot read the parquet files ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    return RawSource("parquet", ds, fingerprint, f"parquet folder {root}")
+
+    def load() -> datasets.DatasetDict:
+        try:
+            return datasets.load_dataset("parquet", data_files=splits, cache_dir=str(hf_cache))
+        except Exception as e:  # pyarrow / datasets raise many types for unreadable files
+            raise CifarlabError(f"{root}: cannot read the parquet files "
+                                f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+    return RawSource("parquet", load, fingerprint, f"parquet folder {root}")
 
 
 def _unpickle(path: Path) -> dict:
@@ -169,18 +182,22 @@ def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
         names = {"label": _label_names(meta, b"label_names", base / "batches.meta")}
     features = datasets.Features({"img": datasets.Array3D((32, 32, 3), "uint8"),
                                   **{c: datasets.ClassLabel(names=n) for c, n in names.items()}})
-    splits = {}
     for split, paths in files.items():
         if not all(p.is_file() for p in paths):
             raise CifarlabError(f"{base}: missing {split} pickle file(s)")
-        parts = [_pickle_split(p, keys) for p in paths]
-        x = np.concatenate([p[0] for p in parts])
-        cols = {"img": x}
-        for i, col in enumerate(names):
-            cols[col] = np.concatenate([p[1][i] for p in parts])
-        splits[split] = datasets.Dataset.from_dict(cols, features=features)
+
+    def load() -> datasets.DatasetDict:
+        splits = {}
+        for split, paths in files.items():
+            parts = [_pickle_split(p, keys) for p in paths]
+            cols = {"img": np.concatenate([p[0] for p in parts])}
+            for i, col in enumerate(names):
+                cols[col] = np.concatenate([p[1][i] for p in parts])
+            splits[split] = datasets.Dataset.from_dict(cols, features=features)
+        return datasets.DatasetDict(splits)
+
     used = [p for ps in files.values() for p in ps]
-    return RawSource("pickle", datasets.DatasetDict(splits), _sha256_files(used, base), f"python pickles {base}")
+    return RawSource("pickle", load, _sha256_files(used, base), f"python pickles {base}")
 
 
 def _extract_tar(path: Path) -> Path:
@@ -209,7 +226,7 @@ def _load_hub(repo_id: str, info: DatasetInfo) -> RawSource:
     if not isinstance(ds, datasets.DatasetDict) or not {"train", "test"} <= set(ds):
         raise CifarlabError(f"{repo_id!r} has no train and test splits")
     fp = hashlib.sha256(f"{repo_id}:{ds['train']._fingerprint}:{ds['test']._fingerprint}".encode()).hexdigest()
-    return RawSource("hub", ds, fp, f"Hub dataset {repo_id}")
+    return RawSource("hub", lambda: ds, fp, f"Hub dataset {repo_id}")
 
 
 def resolve_source(source: str | None, info: DatasetInfo) -> RawSource:
