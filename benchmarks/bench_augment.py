@@ -1,8 +1,10 @@
 """The data pipeline alone: augmented images per second, no model.
 
-cifarlab's training loader as the engine uses it: the split lives on the device as uint8 (padded once), and each
-batch is a random index gather, a per-sample crop+flip gather, normalisation (and, if asked, cutout), drawn from
-the loader's (seed, epoch) generator. Timed over whole epochs, device synchronised before and after.
+cifarlab's training loader as the engine uses it: the split lives on the device padded and normalised once, and
+each batch is one ``randint`` (a crop offset + flip combination per image), one table lookup plus the images'
+base offsets, one ``index_select`` (crop, flip and normalisation in one gather), the labels' gather and, if
+asked, cutout (one ``randint``, one mask lookup, one multiply), drawn from the loader's (seed, epoch) generator.
+Timed over whole epochs, device synchronised before and after.
 
     python -m benchmarks.bench_augment               # GPU: batch 512 and 2048, without and with cutout 16
     python -m benchmarks.bench_augment --quick       # CPU smoke
@@ -42,7 +44,8 @@ def measure(split, mean, std, device, batch: int, cutout: int, epochs: int, warm
             "microseconds_per_batch": round(1e6 * sum(seconds) / (images // batch), 2),
             "epoch_seconds": [round(s, 5) for s in seconds], "timed_epochs": epochs, "timed_images": images,
             "timed_batches": images // batch, "warmup_epochs": warmup_epochs,
-            "pipeline": "DeviceLoader: index gather + crop/flip gather + normalise" + (" + cutout" if cutout else "")}
+            "pipeline": "DeviceLoader: crop/flip/normalise as one gather from the prepared split"
+                        + (" + cutout" if cutout else "")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -3,16 +3,20 @@
 - ``recipe``: the common recipe. A Dataset over uint8 arrays -> PIL -> RandomCrop(32, padding=4) +
   RandomHorizontalFlip + ToTensor + Normalize (torchvision when importable, else the same steps in PIL/numpy),
   a DataLoader with worker processes, fp32, default memory format, foreach SGD (nesterov).
-- ``engine``: cifarlab's engine loop. The split on the device as uint8 (DeviceLoader + BatchAugment: per-sample
-  crop/flip/normalise in batches), bf16 autocast on CUDA, channels_last, eager, foreach SGD (nesterov), metrics
-  accumulated on the device and the non-finite flag read every 50 steps, as ``engine.fit`` does (without
-  accelerate's wrappers, evaluation and checkpoints, which lie outside its timed steps too).
-- ``fast``: the same data and precision, the whole step replayed as one CUDA graph
-  (``cifarlab.train.fast.GraphedTrainStep``, fused SGD with an in-place LR tensor); eager on the CPU.
+- ``engine``: cifarlab's engine with ``cuda_graph: off``. The split on the device as uint8 (DeviceLoader +
+  BatchAugment: per-sample crop/flip/normalise in batches), bf16 autocast on CUDA, channels_last, the engine's
+  ``TrainStep`` run eagerly (foreach SGD, nesterov), metrics accumulated on the device and the non-finite flag
+  read every 50 steps, the LR scheduler stepped after every step, exactly as ``engine.fit`` runs its timed
+  steps (evaluation and checkpoints lie outside them there too).
+- ``fast``: the engine's default on a CUDA device: the same ``TrainStep`` captured once and replayed as one
+  CUDA graph (fused SGD reading an LR tensor the scheduler fills in place); eager on the CPU.
+- ``compiled``: ``fast`` with the model's forward from ``torch.compile`` (default mode) inside the graph
+  (the engine with ``compile: true, cuda_graph: on``): fused elementwise kernels, one launch per step.
 
-Every path uses the same model, batch size, weight-decay groups and per-step cosine LR. Timing covers training
-steps only: the device is synchronised before and after each timed epoch; worker start-up, graph capture and
-warm-up steps come before. ``s/epoch`` is quoted for 50,000 images (50,000 / images per second).
+Every path uses the same model, batch size, weight-decay groups and per-step cosine LR (the engine's
+``build_scheduler``). Timing covers training steps only: the device is synchronised before and after each
+timed epoch; worker start-up, compilation, graph capture and warm-up steps come before. ``s/epoch`` is quoted
+for 50,000 images (50,000 / images per second).
 
     python -m benchmarks.bench_train                  # GPU: resnet20, resnet56 x batch 128, 512 x 3 paths
     python -m benchmarks.bench_train --quick          # CPU smoke: tiny data, a few steps
@@ -22,27 +26,27 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cifarlab.config import TrainConfig
 from cifarlab.data import BatchAugment, DeviceLoader, Split
 from cifarlab.models import count_params, create, list_models
-from cifarlab.train.fast import GraphedTrainStep, make_optimizer
+from cifarlab.train.optim import build_optimizer, build_scheduler
+from cifarlab.train.step import TrainStep, lr_on_device
 
 from .common import (EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync,
                      train_split)
 
-PATHS = ("recipe", "engine", "fast")
-LR, MOMENTUM, WEIGHT_DECAY, NAN_CHECK_EVERY = 0.1, 0.9, 5e-4, 50
+PATHS = ("recipe", "engine", "fast", "compiled")
+NAN_CHECK_EVERY = 50
 
 
 # ---------------------------------------------------------------- the common recipe's data pipeline
@@ -90,15 +94,10 @@ class RecipeDataset(Dataset):
 
 # ---------------------------------------------------------------- one training path = setup + epochs of steps
 
-def weight_decay_groups(model: nn.Module) -> list[dict]:
-    """As cifarlab.train.optim.param_groups: no decay on norms and biases."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": rest, "weight_decay": 0.0}]
-
-
-def cosine_lr(step: int, total: int) -> float:
-    return LR * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+def optimisation(model_name: str) -> TrainConfig:
+    """SGD nesterov, lr 0.1, weight decay 5e-4 (not on norms and biases), cosine without warm-up: for every path."""
+    return TrainConfig(model=model_name, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, epochs=1,
+                       warmup_epochs=0, schedule="cosine")
 
 
 @dataclass
@@ -120,17 +119,23 @@ class TrainPath(ABC):
 
     def __init__(self, s: Setup):
         self.s, self.device, self.global_step = s, s.device, 0
+        self.cfg = optimisation(s.model)
         self.model = create(s.model, num_classes=100)
         self.params = count_params(self.model)
         self.loss_sum = torch.zeros((), device=s.device)
         self.images = 0
+
+    def schedule(self, optimizer: torch.optim.Optimizer):
+        """The engine's per-step cosine over the whole benchmark (warm-up steps included)."""
+        self.scheduler = build_scheduler(optimizer, self.cfg, steps_per_epoch=self.s.total_steps)
 
     def epoch(self, epoch: int, max_steps: int | None = None) -> int:
         images = 0
         for i, (x, y) in enumerate(self.batches(epoch)):
             if max_steps is not None and i >= max_steps:
                 break
-            self.train_step(x, y, cosine_lr(self.global_step, self.s.total_steps))
+            self.train_step(x, y)
+            self.scheduler.step()
             self.global_step += 1
             images += len(y)
             if self.global_step % NAN_CHECK_EVERY == 0:
@@ -148,7 +153,7 @@ class TrainPath(ABC):
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
     @abstractmethod
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> None: ...
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
 
     @abstractmethod
     def describe(self) -> dict: ...
@@ -160,8 +165,8 @@ class RecipePath(TrainPath):
     def __init__(self, s: Setup):
         super().__init__(s)
         self.model = self.model.to(s.device)
-        self.optimizer = torch.optim.SGD(weight_decay_groups(self.model), lr=LR, momentum=MOMENTUM, nesterov=True,
-                                         foreach=True)
+        self.optimizer = build_optimizer(self.model, self.cfg)  # foreach SGD, no decay on norms and biases
+        self.schedule(self.optimizer)
         transform, self.transforms = recipe_transform(s.mean, s.std)
         self.loader = DataLoader(RecipeDataset(s.split, transform), batch_size=s.batch, shuffle=True, drop_last=True,
                                  num_workers=s.workers, pin_memory=s.device.type == "cuda",
@@ -170,10 +175,8 @@ class RecipePath(TrainPath):
     def batches(self, epoch):
         return iter(self.loader)
 
-    def train_step(self, x, y, lr):
+    def train_step(self, x, y):
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
         loss = F.cross_entropy(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -186,7 +189,10 @@ class RecipePath(TrainPath):
 
 
 class DevicePath(TrainPath):
-    """Shared by ``engine`` and ``fast``: the split on the device, augmented in batches, bf16 on CUDA."""
+    """The engine's data and step: the split on the device, augmented in batches, bf16 on CUDA, ``TrainStep``."""
+
+    graph = False
+    compiled = False
 
     def __init__(self, s: Setup):
         super().__init__(s)
@@ -194,79 +200,53 @@ class DevicePath(TrainPath):
         self.autocast_dtype = torch.bfloat16 if s.device.type == "cuda" else None
         aug = BatchAugment(s.mean, s.std, crop_padding=4, hflip=True, device=s.device)
         self.loader = DeviceLoader(s.split, s.batch, s.mean, s.std, s.device, train=True, augment=aug, seed=0)
+        graph = self.graph and s.device.type == "cuda"
+        optimizer = build_optimizer(self.model, self.cfg, capturable=graph)
+        self.schedule(optimizer)
+        lr_on_device(optimizer, s.device if graph else None)
+        forward = torch.compile(self.model) if self.compiled else self.model
+        with Timer(s.device) as t:
+            self.step = TrainStep(self.model, optimizer, forward=forward, autocast_dtype=self.autocast_dtype,
+                                  graph=graph, sample=next(self.batches(0)) if graph else None)
+        self.setup_seconds = t.seconds
+        self.loss_sum = self.step.loss_sum
 
     def batches(self, epoch):
         self.loader.set_epoch(epoch)
         return iter(self.loader)
 
+    def train_step(self, x, y):
+        self.step.step(x, y)
+
+    def check_finite(self):
+        bad = self.step.first_nonfinite_step()
+        if bad is not None:
+            raise SystemExit(f"{self.name} path: non-finite loss or gradient at step {bad}")
+
     def describe(self):
-        return {"precision": "bf16 autocast" if self.autocast_dtype else "fp32", "memory_format": "channels_last",
-                "loader": "DeviceLoader + BatchAugment"}
+        out = {"precision": "bf16 autocast" if self.autocast_dtype else "fp32", "memory_format": "channels_last",
+               "loader": "DeviceLoader + BatchAugment", "graphed": self.step.graphed, "compiled": self.compiled,
+               "optimizer": "SGD fused, LR tensor" if self.step.graphed else "SGD foreach"}
+        if self.step.graphed:
+            out["capture_seconds"] = round(self.setup_seconds, 3)  # warm-up steps + capture, before timing
+        if self.step.capture_error:
+            out["capture_error"] = self.step.capture_error
+        return out
 
 
 class EnginePath(DevicePath):
     name = "engine"
 
-    def __init__(self, s: Setup):
-        super().__init__(s)
-        self.optimizer = torch.optim.SGD(weight_decay_groups(self.model), lr=LR, momentum=MOMENTUM, nesterov=True,
-                                         foreach=True)
-        self.correct = torch.zeros((), dtype=torch.long, device=s.device)
-        self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=s.device)
-
-    def train_step(self, x, y, lr):
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        loss_d = loss.detach()
-        self.loss_sum += loss_d * len(y)
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        bad = ~torch.isfinite(loss_d) & (self.nonfinite_step < 0)
-        self.nonfinite_step = torch.where(bad, self.global_step, self.nonfinite_step)
-
-    def check_finite(self):
-        if self.nonfinite_step.item() >= 0:
-            raise SystemExit(f"engine path: non-finite loss at step {self.nonfinite_step.item()}")
-
-    def describe(self):
-        return {**super().describe(), "graphed": False, "optimizer": "SGD foreach"}
-
 
 class FastPath(DevicePath):
-    name = "fast"
-
-    def __init__(self, s: Setup):
-        super().__init__(s)
-        optimizer = make_optimizer(weight_decay_groups(self.model), "sgd", LR, s.device, momentum=MOMENTUM)
-        x, y = next(self.batches(0))
-        with Timer(s.device) as t:
-            self.step = GraphedTrainStep(self.model, optimizer, F.cross_entropy, x, y,
-                                         autocast_dtype=self.autocast_dtype)
-        self.capture_seconds = t.seconds
-        self.loss_sum = self.step.loss_sum
-
-    def train_step(self, x, y, lr):
-        self.step.step(x, y, lr)
-
-    def check_finite(self):
-        bad = self.step.first_nonfinite_step()
-        if bad is not None:
-            raise SystemExit(f"fast path: non-finite loss at step {bad}")
-
-    def describe(self):
-        kind = "SGD fused" if self.device.type == "cuda" else "SGD single-tensor"
-        out = {**super().describe(), "graphed": self.step.graphed, "optimizer": f"{kind}, LR tensor"}
-        if self.step.graphed:
-            out["capture_seconds"] = round(self.capture_seconds, 3)  # warm-up steps + capture, before timing
-        return out
+    name, graph = "fast", True
 
 
-PATH_CLASSES = {"recipe": RecipePath, "engine": EnginePath, "fast": FastPath}
+class CompiledPath(DevicePath):
+    name, graph, compiled = "compiled", True, True
+
+
+PATH_CLASSES = {"recipe": RecipePath, "engine": EnginePath, "fast": FastPath, "compiled": CompiledPath}
 
 
 def profile_summary(path: TrainPath, steps: int, device: torch.device, top: int = 12) -> dict:
@@ -347,7 +327,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="resnet20,resnet56", help="registry names, comma-separated, or 'all'")
     p.add_argument("--batches", default=None, help="batch sizes, comma-separated (default 128,512; --quick 16,32)")
-    p.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
+    p.add_argument("--paths", default=None, help=f"subset of {','.join(PATHS)} (default all; --quick: all but "
+                                                   f"compiled, whose CPU compilation takes minutes)")
     p.add_argument("--epochs", type=int, default=None, help="timed epochs per configuration (default 2; --quick 1)")
     p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default 30; --quick 1)")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers of the recipe (default 4 on CUDA, "
@@ -363,6 +344,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     args.batches = csv_ints(args.batches or ("16,32" if q else "128,512"))
+    args.paths = args.paths or ",".join(p for p in PATHS if not (q and p == "compiled"))
     unknown = set(csv_strs(args.paths)) - set(PATHS)
     if unknown:
         p.error(f"unknown paths {sorted(unknown)}; choose from {','.join(PATHS)}")

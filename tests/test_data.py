@@ -5,7 +5,7 @@ import torch
 
 from cifarlab import CifarlabError
 from cifarlab.data import BatchAugment, DeviceLoader, load_data
-from cifarlab.data.augment import crop_flip, pad_images
+from cifarlab.data.augment import CropFlip, Cutout, crop_flip, cutout, normalize, pad_images
 from cifarlab.data.meta import DATASETS
 from cifarlab.data.synthetic import synthetic_dataset
 from cifar_files import tar_gz, write_cifar10_python, write_cifar100_python, write_parquet
@@ -133,6 +133,63 @@ def test_crop_flip_is_a_window_of_the_padded_image():
         assert hits, "every output must be a (possibly mirrored) 32x32 window of the padded image"
         windows.add(hits[0])
     assert len(windows) > 20 and {w[2] for w in windows} == {0, 1}
+
+
+def test_crop_flip_variants_are_uniform_and_cover_every_window():
+    cf = CropFlip(4, hflip=True, vflip=True)
+    assert cf.variants == 9 * 9 * 2 * 2
+    windows = {tuple(t.tolist()) for t in cf.table}
+    assert len(windows) == cf.variants, "every (offset, flip) combination is a distinct window"
+    counts = torch.bincount(torch.randint(0, cf.variants, (200_000,), generator=torch.Generator().manual_seed(0)),
+                            minlength=cf.variants).float()
+    assert counts.min() > 0.8 * counts.mean() and counts.max() < 1.2 * counts.mean()
+
+
+def test_crop_gathers_the_images_it_is_given_by_index():
+    x = torch.arange(6 * 32 * 32 * 3, dtype=torch.int64).reshape(6, 32, 32, 3) % 251
+    xp = pad_images(x.to(torch.uint8), 4).contiguous()
+    idx = torch.tensor([5, 0, 5, 2])
+    out = CropFlip(4, hflip=True)(xp, idx, torch.Generator().manual_seed(1))
+    for o, i in zip(out, idx.tolist()):  # the centre pixel of a 32x32 window of padded image i
+        src = xp[i]
+        assert any(torch.equal(o, src[dy:dy + 32, dx:dx + 32].flip(1) if f else src[dy:dy + 32, dx:dx + 32])
+                   for dy in range(9) for dx in range(9) for f in (0, 1))
+
+
+@pytest.mark.parametrize("size", [5, 8])
+def test_cutout_zeroes_a_size_square_around_each_centre(size):
+    keep = Cutout(size).keep
+    assert keep.shape == (32 * 32, 32, 32)
+    for c in range(32 * 32):
+        cy, cx = divmod(c, 32)
+        rows = (keep[c] == 0).any(1).nonzero().flatten()
+        cols = (keep[c] == 0).any(0).nonzero().flatten()
+        top, bottom, left, right = rows.min().item(), rows.max().item(), cols.min().item(), cols.max().item()
+        box = keep[c][top:bottom + 1, left:right + 1]
+        assert (box == 0).all() and (keep[c] == 0).sum() == box.numel(), "one axis-aligned rectangle"
+        lo = cy - size // 2
+        assert (top, bottom) == (max(lo, 0), min(lo + size, 32) - 1), (cy, cx)
+        lo = cx - size // 2
+        assert (left, right) == (max(lo, 0), min(lo + size, 32) - 1), (cy, cx)
+    x = torch.ones(4, 3, 32, 32)
+    out = cutout(x, size, torch.Generator().manual_seed(0))
+    assert all(size * size // 4 <= (o[0] == 0).sum() <= size * size for o in out)
+    assert torch.equal(out[:, 0], out[:, 2]), "the same square in every channel"
+
+
+@pytest.mark.parametrize("size", [0, 8])
+def test_normalising_the_split_once_equals_normalising_every_crop(size):
+    d = load_data("cifar100", "synthetic:200:100")
+    aug = BatchAugment(d.mean, d.std, 4, True, size)
+    assert aug.prenormalized
+    images = torch.from_numpy(d.train.images)
+    idx = torch.randperm(200, generator=torch.Generator().manual_seed(3))[:64]
+    fast = aug(aug.prepare(images), torch.Generator().manual_seed(7), idx)
+    g = torch.Generator().manual_seed(7)
+    slow = normalize(aug.crop(pad_images(images, 4).contiguous(), idx, g), aug.mean, aug.std)
+    if size:
+        slow = cutout(slow, size, g)
+    assert torch.equal(fast, slow) and fast.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_device_loader_is_a_function_of_seed_and_epoch():

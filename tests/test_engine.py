@@ -37,6 +37,7 @@ def test_cli_train_writes_a_complete_record(tmp_path):
     assert 0 <= r["top5"] <= 1 and r["top1"] <= r["top5"]
     assert r["top1"] > 0.05, "synthetic data is learnable: 3 epochs must beat 1 % chance clearly"
     assert r["params"] == 275_572 and r["macs"] == 40_556_800
+    assert r["train_step"] == ("cuda_graph" if torch.cuda.is_available() else "eager")
     assert len(r["test_correct"]) == 200 and r["test_correct"].count("1") == round(r["top1"] * 200)
     assert len(r["per_class_accuracy"]) == 100 and len(r["per_superclass_accuracy"]) == 20
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +77,8 @@ def test_killed_run_resumes_to_the_planned_epochs(tmp_path):
 
 
 def test_resume_is_bit_exact_on_cpu(tmp_path):
-    cfg = build_config({**SMALL, "epochs": 3, "deterministic": True})
+    """Weights and their EMA: the average is reloaded from the checkpoint and continues where it stopped."""
+    cfg = build_config({**SMALL, "epochs": 3, "deterministic": True, "ema_decay": 0.9})
     fit(cfg, tmp_path / "full", progress=False)
 
     class Stop(Exception):
@@ -89,9 +91,10 @@ def test_resume_is_bit_exact_on_cpu(tmp_path):
     with pytest.raises(Stop):
         fit(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop_after_2)
     fit(cfg, tmp_path / "cut", progress=False, resume=True)
-    a = load_file(tmp_path / "full" / "checkpoints" / "epoch-0003" / "model.safetensors")
-    b = load_file(tmp_path / "cut" / "checkpoints" / "epoch-0003" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "full" / "checkpoints" / "epoch-0003" / name)
+        b = load_file(tmp_path / "cut" / "checkpoints" / "epoch-0003" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 def test_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
@@ -116,6 +119,13 @@ def test_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
     assert (tmp_path / "nan" / "checkpoints" / "epoch-0002").is_dir()
     assert not (tmp_path / "nan" / "checkpoints" / "epoch-0003").exists()
     assert "epoch 3" in json.loads((tmp_path / "nan" / "error.json").read_text())["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA device")
+def test_cuda_graph_on_without_a_gpu_is_refused_before_the_run_folder(tmp_path):
+    with pytest.raises(CifarlabError, match="cuda_graph on needs .*CUDA"):
+        fit(build_config({**SMALL, "cuda_graph": "on"}), tmp_path / "g", progress=False)
+    assert not (tmp_path / "g").exists()
 
 
 def test_validation_split_selects_the_epoch(tmp_path):

@@ -107,7 +107,13 @@ def test_shipped_studies_validate_and_expand():
         assert len({r.run_id for r in runs}) == len(runs) > 0
         assert all(v.baseline in study.names for v in study.variants), path
         counts[study.name] = len(runs)
-    assert set(counts) == {"comparison", "eca", "ghost", "convnext", "ghost_eca", "tricks"}
+    assert set(counts) == {"comparison", "eca", "ghost", "convnext", "ghost_eca", "tricks", "fast_vs_eager",
+                           "time_to_accuracy"}
+    paths = {r.variant: r.config.cuda_graph for r in load_study(STUDIES / "fast_vs_eager.yaml").runs()}
+    assert paths == {"eager": "off", "cuda_graph": "on"}, "YAML's bare on/off must reach the config as words"
+    tta = load_study(STUDIES / "time_to_accuracy.yaml").runs()
+    assert {(r.config.model, r.config.epochs, r.config.batch_size) for r in tta} == {("resnet20", 200, 512),
+                                                                                     ("resnet20", 150, 512)}
     comparison = load_study(STUDIES / "comparison.yaml")
     methods = {m for m in list_models() if get_entry(m).family != "convnext_ablation"}
     assert {v.model for v in comparison.variants} == methods, "the comparison covers every registered method"

@@ -34,6 +34,7 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--grad-clip": ("grad_clip", float, None),
     "--ema-decay": ("ema_decay", float, None),
     "--precision": ("precision", str, "auto, bf16 or fp32"),
+    "--cuda-graph": ("cuda_graph", str, "auto, on or off: replay the training step as one CUDA graph"),
 }
 
 
@@ -165,7 +166,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_profile(args: argparse.Namespace) -> int:
     from .train.profile import profile_model
 
-    out = profile_model(args.model, batch_size=args.batch_size, compile=args.compile, steps=args.steps)
+    out = profile_model(args.model, batch_size=args.batch_size, compile=args.compile, steps=args.steps,
+                        cuda_graph=False if args.eager else None)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=256)
     pr.add_argument("--steps", type=int, default=20)
     pr.add_argument("--compile", action="store_true")
+    pr.add_argument("--eager", action="store_true", help="time the eager training step (default on CUDA: the step "
+                                                        "replayed as one CUDA graph, as the engine trains)")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_profile)
 

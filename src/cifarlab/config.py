@@ -70,9 +70,18 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 autocast on GPU, fp32 on CPU")
     channels_last: bool = True
     compile: bool = False
+    cuda_graph: Literal["auto", "on", "off"] = Field(
+        "auto", description="replay the whole training step as one CUDA graph; auto = on for single-process CUDA "
+                            "runs without compile, on = also with compile (an error where there is no CUDA device)")
     eval_every: int = Field(1, ge=1, description="evaluate the test (and val) split every N epochs; the last epoch always")
     keep_checkpoints: int = Field(2, ge=1)
     nan_check_every: int = Field(50, ge=1, description="steps between host checks of the device-side non-finite flag")
+
+    @field_validator("cuda_graph", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        """YAML reads a bare on / off as a boolean."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("milestones")
     @classmethod

@@ -1,4 +1,4 @@
-"""Loaders that keep a whole split on the device as uint8 (the fast path), or feed it from CPU workers.
+"""The loader that keeps a whole split on the device (uint8, or padded and normalised for training).
 
 ``DeviceLoader`` draws each epoch's order and augmentation from a generator seeded
 with (seed, epoch), so an epoch is reproducible on its own: a resumed run sees
@@ -8,11 +8,10 @@ takes a disjoint, equally long slice ``perm[rank::world]`` of the same permutati
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from .augment import BatchAugment, normalize
 from .dataset import Split
@@ -65,7 +64,7 @@ class DeviceLoader:
         plan = self.augment.mix_plan(epoch_seed(self.seed, self.epoch), len(self)) if self.augment else None
         for s in range(len(self)):
             bi = idx[s * self.batch_size:(s + 1) * self.batch_size]
-            x = self.augment(self.images[bi], g) if self.augment else normalize(self.images[bi], self.mean, self.std)
+            x = self.augment(self.images, g, bi) if self.augment else normalize(self.images[bi], self.mean, self.std)
             y = self.labels[bi]
             if plan is not None:  # mixup / cutmix: y becomes (N, classes) soft targets
                 x, y = self.augment.mix(x, y, plan[s], g)
@@ -73,57 +72,3 @@ class DeviceLoader:
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.channels_last else x.contiguous()
-
-
-class _PolicyDataset(Dataset):
-    def __init__(self, split: Split, policy: Callable[[torch.Tensor], torch.Tensor]):
-        self.images = torch.from_numpy(np.ascontiguousarray(split.images)).permute(0, 3, 1, 2)  # uint8 CHW views
-        self.labels = torch.from_numpy(split.labels)
-        self.policy = policy
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.policy(self.images[i]).permute(1, 2, 0), self.labels[i]
-
-
-class CpuPolicyLoader:
-    """CPU path for per-image policies that need it (e.g. AutoAugment on uint8 CHW tensors).
-
-    Workers apply ``policy`` per image; the batch then goes to the device, where
-    crop/flip/cutout/normalise run batched as on the fast path.
-    """
-
-    def __init__(self, split: Split, batch_size: int, policy: Callable[[torch.Tensor], torch.Tensor],
-                 augment: BatchAugment, device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 4, channels_last: bool = True):
-        self.device = torch.device(device)
-        self.dataset = _PolicyDataset(split, policy)
-        self.batch_size, self.augment, self.seed = batch_size, augment, seed
-        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
-        self.channels_last = channels_last
-        self.num_samples = len(split) // world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples // self.batch_size
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        perm = torch.randperm(len(self.dataset), generator=g)[self.rank::self.world_size][: self.num_samples]
-        dl = DataLoader(self.dataset, batch_size=self.batch_size, sampler=perm.tolist(), drop_last=True,
-                        num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                        generator=g, persistent_workers=False)
-        gd = torch.Generator(device=self.device)
-        gd.manual_seed(epoch_seed(self.seed, self.epoch) + 1)
-        plan = self.augment.mix_plan(epoch_seed(self.seed, self.epoch), len(self))
-        for s, (x, y) in enumerate(dl):
-            x = self.augment(self.augment.prepare(x.to(self.device, non_blocking=True)), gd)
-            y = y.to(self.device, non_blocking=True)
-            if plan is not None:
-                x, y = self.augment.mix(x, y, plan[s], gd)
-            yield (x if self.channels_last else x.contiguous()), y

@@ -159,6 +159,8 @@ def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRec
             "mac_convention": res[0].get("mac_convention") if res else None,
             "epochs": res[0]["epochs"] if res else None,
             "train_seconds_mean": mean(x["train_seconds"] for x in res) if res else None,
+            "train_step_seconds_mean": mean(x.get("train_step_seconds", sum(x.get("epoch_seconds", [0.0])))
+                                            for x in res) if res else None,
             "images_per_second_mean": mean(x["images_per_second"] for x in res) if res else None,
             "delta_top1": None, "ci_low": None, "ci_high": None, "ci_level": CI_LEVEL, "bootstrap_replicates": n_boot,
             "verdict": "", "gain": False, **data, "runs": [str(r.run_dir) for r in recs],
@@ -226,17 +228,20 @@ def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
     """The plain-text study table (accuracies in %, differences in percentage points)."""
     pct = lambda x: "-" if x is None else f"{100 * x:.2f}"  # noqa: E731
     pm = lambda m, s: "-" if m is None else pct(m) + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
-    header = ["variant", "model", "n", "top-1 % (mean ± std)", "top-5 %", "params", "MACs (M)",
-              "Δ top-1 pp [95% CI] vs baseline", "verdict"]
+    header = ["variant", "model", "n", "top-1 % (mean ± std)", "top-5 %", "params", "MACs (M)", "img/s",
+              "train s (steps / all)", "Δ top-1 pp [95% CI] vs baseline", "verdict"]
     body = []
     for r in rows:
         delta = "-" if r["delta_top1"] is None else (
             f"{100 * r['delta_top1']:+.2f} [{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}] vs {r['baseline']}")
         body.append([r["variant"], r["model"], str(r["n_seeds"]), pm(r["top1_mean"], r["top1_std"]),
                      pm(r["top5_mean"], r["top5_std"]), "-" if r["params"] is None else f"{r['params']:,}",
-                     "-" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}", delta, r["verdict"]])
+                     "-" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}",
+                     "-" if r["images_per_second_mean"] is None else f"{r['images_per_second_mean']:,.0f}",
+                     "-" if r["train_seconds_mean"] is None else
+                     f"{r['train_step_seconds_mean']:,.1f} / {r['train_seconds_mean']:,.1f}", delta, r["verdict"]])
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 7, 8) else c.rjust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 9, 10) else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     lines = [title] if title else []
     first = next((r for r in rows if r.get("dataset")), None)
@@ -251,4 +256,6 @@ def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
                  f"per side and a CI above 0.")
     if conv:
         lines.append(f"MACs: {conv}")
+    lines.append("img/s and train s: means over seeds; img/s and 'steps' cover the training steps only, 'all' the "
+                 "whole run (data, build, capture, evaluation, checkpoints)")
     return "\n".join(lines)

@@ -8,10 +8,17 @@
     result.json      the run record (SPEC §9 keys, per-class accuracy, per-image correctness ...)
     tensorboard/     accelerate's TensorBoard tracker, when tensorboard is installed
 
+The step itself is ``step.TrainStep``: on a single CUDA device it is captured
+once as a CUDA graph and replayed (``cuda_graph``), elsewhere it runs eagerly;
+both run the same body. Metrics stay on the device; the host reads the
+non-finite flag every ``nan_check_every`` steps and the epoch's loss and
+accuracy after its last step.
+
 Timing: ``epoch_seconds`` and ``images_per_second`` cover the training steps only
-(device synchronised before and after the epoch's steps, no evaluation, no
-checkpoint); ``train_seconds`` is the whole wall time of the run: data decode,
-model build, compilation, evaluation and checkpoints included.
+(device synchronised before and after the epoch's steps; augmentation, the
+steps and the LR schedule inside, no evaluation, no checkpoint, no graph
+capture); ``train_seconds`` is the whole wall time of the run: data decode,
+model build, graph capture or compilation, evaluation and checkpoints included.
 """
 
 from __future__ import annotations
@@ -27,10 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .. import CifarlabError
@@ -40,9 +45,11 @@ from ..io import atomic_open, read_json, write_json
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .ema import WeightEma
 from .metrics import (correctness_string, environment, evaluate, measure_inference, peak_memory_bytes,
                       per_class_accuracy, superclass_accuracy)
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, load_optimizer_state
+from .step import TrainStep, lr_on_device
 
 
 class NonFiniteLossError(CifarlabError):
@@ -102,13 +109,27 @@ def _check_same_config(files: RunFiles, cfg: TrainConfig) -> None:
 
 
 def _accelerator(cfg: TrainConfig, root: Path) -> Accelerator:
+    """Processes, devices and trackers; mixed precision is the step's own autocast (``autocast_dtype``)."""
     cuda = torch.cuda.is_available()
     if cfg.precision == "bf16" and not cuda:
         raise CifarlabError("precision bf16 needs a GPU here; use precision auto or fp32 on the CPU")
-    mixed = "bf16" if cuda and cfg.precision in ("auto", "bf16") else "no"
     trackers = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
-    return Accelerator(mixed_precision=mixed, cpu=not cuda, log_with=trackers,
+    return Accelerator(cpu=not cuda, log_with=trackers,
                        project_config=ProjectConfiguration(project_dir=str(root), logging_dir=str(root / "tensorboard")))
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    return torch.bfloat16 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else None
+
+
+def _use_cuda_graph(cfg: TrainConfig, device: torch.device, world: int) -> bool:
+    if cfg.cuda_graph == "off":
+        return False
+    possible = device.type == "cuda" and world == 1
+    if cfg.cuda_graph == "on" and not possible:
+        raise CifarlabError(f"cuda_graph on needs a single-process run on a CUDA device (here: {device}, "
+                            f"{world} process(es)); use cuda_graph auto or off")
+    return possible and (cfg.cuda_graph == "on" or not cfg.compile)
 
 
 def _set_determinism(cfg: TrainConfig) -> None:
@@ -172,6 +193,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     accelerator = _accelerator(cfg, files.root)
     main = accelerator.is_main_process
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    graph = _use_cuda_graph(cfg, device, world)
     with accelerator.main_process_first():
         data = data or load_data(cfg.dataset, cfg.data, val_split=cfg.val_split)
     if cfg.train_subset and cfg.train_subset < len(data.train):
@@ -198,8 +220,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
 
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
-        if cfg.ema_decay else None
+    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None
 
     aug = BatchAugment.from_config(cfg.augment, data.mean, data.std, device, num_classes=data.num_classes)
     train_loader = DeviceLoader(data.train, cfg.batch_size, data.mean, data.std, device, train=True, augment=aug,
@@ -208,8 +229,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
                                     channels_last=cfg.channels_last)
                     for s in ("val", "test") if getattr(data, s) is not None}
     spe = len(train_loader)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, spe)
+    optimizer = build_optimizer(model, cfg, capturable=graph)
+    scheduler = build_scheduler(optimizer, cfg, spe)  # before lr_on_device: its base learning rates stay floats
 
     start_epoch, history = 1, {"epoch_seconds": [], "wall_before": 0.0, "selected": None}
     if resume:
@@ -219,7 +240,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             for n in notes:
                 accelerator.print(n)
             state = load_checkpoint(path, model, ema.module if ema else None, map_location=device)
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             _set_rng_state(state["rng"])
             history = state["history"]
@@ -233,22 +254,33 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             if main:
                 _rewrite_metrics(files.metrics, 0)
 
-    train_model, optimizer = accelerator.prepare(model, optimizer)
+    lr_on_device(optimizer, device if graph else None)
+    forward = accelerator.prepare_model(model) if world > 1 else model  # DDP across processes
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        forward = torch.compile(forward)
     if accelerator.log_with:
         accelerator.init_trackers("tb", config={k: str(v) for k, v in cfg.model_dump().items()})
     eval_model = ema.module if ema else model
-    autocast = accelerator.autocast
+    amp = autocast_dtype(cfg, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
 
+    sample = None
+    if graph:
+        train_loader.set_epoch(start_epoch)
+        sample = next(iter(train_loader))  # fixes the shapes; a fresh iterator per epoch, so nothing is consumed
+    step_fn = TrainStep(model, optimizer, forward=forward, label_smoothing=cfg.label_smoothing, autocast_dtype=amp,
+                        grad_clip=cfg.grad_clip, ema=ema, graph=graph, sample=sample)
+    if step_fn.capture_error:
+        accelerator.print(f"CUDA graph capture failed ({step_fn.capture_error}); training eagerly")
+    history.setdefault("train_step", []).append("cuda_graph" if step_fn.graphed else "eager")
     header = (f"{cfg.model}: {params:,} params, {macs / 1e6:.2f} M MACs | {data.name} ({data.kind}) "
-              f"{data.split_sizes()} | {cfg.epochs} epochs x {spe} steps, batch {cfg.batch_size}x{world} on {device}")
+              f"{data.split_sizes()} | {cfg.epochs} epochs x {spe} steps, batch {cfg.batch_size}x{world} on {device}"
+              f"{' (CUDA graph step)' if step_fn.graphed else ''}")
     accelerator.print(header)
-    nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
+        step_fn.reset_metrics()
+        step_fn.start_at((epoch - 1) * spe)
         seen = 0
         bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (progress and main),
                    dynamic_ncols=True)
@@ -256,28 +288,11 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(train_loader):
-            with autocast():
-                logits = train_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            if cfg.grad_clip:
-                grad_norm = accelerator.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-            optimizer.step()
+            step_fn.step(x, y)
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_d = loss.detach()
-            loss_sum += loss_d * len(y)
-            correct += (logits.detach().argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum()  # soft: mixup/cutmix
             seen += len(y)
-            global_step = (epoch - 1) * spe + step
-            bad = ~(torch.isfinite(loss_d) & torch.isfinite(grad_norm))
-            nonfinite_step = torch.where(bad & (nonfinite_step < 0), global_step, nonfinite_step)
             if (step + 1) % cfg.nan_check_every == 0 or step + 1 == spe:
-                _check_finite(nonfinite_step, spe, files, main)
+                _check_finite(step_fn.first_nonfinite_step(), spe, files, main)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -285,8 +300,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
         bar.close()
         history["epoch_seconds"].append(round(step_seconds, 4))
 
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": round(loss_sum.item() / seen, 5), "train_top1": round(correct.item() / seen, 5),
+        row = {"epoch": epoch, "lr": float(optimizer.param_groups[0]["lr"]),
+               "train_loss": round(step_fn.loss_sum.item() / seen, 5),
+               "train_top1": round(step_fn.correct.item() / seen, 5),
                "epoch_seconds": round(step_seconds, 4),
                "images_per_second": round(seen * world / step_seconds, 1)}
         last = epoch == cfg.epochs
@@ -320,9 +336,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     return result if result is not None else {}
 
 
-def _check_finite(nonfinite_step: torch.Tensor, spe: int, files: RunFiles, main: bool) -> None:
-    bad = int(nonfinite_step.item())
-    if bad >= 0:
+def _check_finite(bad: int | None, spe: int, files: RunFiles, main: bool) -> None:
+    if bad is not None:
         epoch, step = bad // spe + 1, bad % spe + 1
         msg = (f"non-finite loss or gradient at epoch {epoch}, step {step} of {spe}; stopped. "
                f"The last good checkpoint "
@@ -376,6 +391,7 @@ def _result(cfg: TrainConfig, data: CifarData, history: dict, params: int, macs:
         "train_step_seconds": round(sum(epoch_seconds), 3),
         "images_per_second": round(n_train * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 1),
         "epoch_seconds": epoch_seconds,
+        "train_step": "+".join(dict.fromkeys(history.get("train_step", ["eager"]))),
         "device": env["device"], "world_size": world, "git_commit": env["git_commit"],
         "peak_memory_bytes": peak_memory_bytes(device), "inference": infer, "environment": env,
         "per_class_accuracy": per_class_accuracy(preds, labels, data.num_classes),

@@ -27,12 +27,26 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """SGD (nesterov) or AdamW over ``param_groups``; foreach kernels, or with ``capturable`` the fused CUDA
+    kernels that read a tensor learning rate on the device (what a CUDA graph step needs, see ``step.py``)."""
     groups = param_groups(model, cfg.weight_decay)
-    fused = {"foreach": True}
+    kernels = {"fused": True} if capturable else {"foreach": True}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **fused)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **fused)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **kernels)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, capturable=capturable, **kernels)
+
+
+_KERNEL_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state but keep this optimizer's kernel choice (foreach / fused / capturable):
+    a run may resume on a different path (eager on the CPU, CUDA graph on a GPU) than the one that saved it."""
+    groups = [{**saved, **{k: now[k] for k in _KERNEL_FLAGS if k in now}}
+              for saved, now in zip(state["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):

@@ -6,11 +6,11 @@ import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
 from ..models import count_macs, count_params, create, get_entry
 from ..models.complexity import MAC_CONVENTION
 from .metrics import device_name, measure_inference, peak_memory_bytes
+from .step import TrainStep
 
 
 def _sync(device: torch.device) -> None:
@@ -18,41 +18,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_training(model, device, batch_size: int, steps: int, autocast, warmup: int = 3) -> float:
-    """Training images/s: forward, backward and SGD step on random data (median-free: total over ``steps``)."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True, foreach=True)
+def measure_training(model, forward, device, batch_size: int, steps: int, autocast_dtype, graph: bool,
+                     warmup: int = 3) -> tuple[float, TrainStep]:
+    """Training images/s of the engine's step on one random batch (total over ``steps``, after ``warmup``)."""
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (batch_size,), device=device)
-    model.train()
+    lr = torch.tensor(1e-3, device=device) if graph else 1e-3
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                          **({"fused": True} if graph else {"foreach": True}))
+    step = TrainStep(model, opt, forward=forward, autocast_dtype=autocast_dtype, graph=graph, sample=(x, y))
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             t = time.perf_counter()
-        with autocast():
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        step.step(x, y)
     _sync(device)
-    return batch_size * steps / (time.perf_counter() - t)
+    return batch_size * steps / (time.perf_counter() - t), step
 
 
-def profile_model(name: str, batch_size: int = 256, compile: bool = False, steps: int = 20) -> dict:
+def profile_model(name: str, batch_size: int = 256, compile: bool = False, steps: int = 20,
+                  cuda_graph: bool | None = None) -> dict:
+    """Size and speed of ``name``; training through the engine's ``TrainStep``, as one CUDA graph by default on
+    CUDA (``cuda_graph=False``: eagerly)."""
     entry = get_entry(name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+    graph = cuda if cuda_graph is None else cuda_graph
     model = create(name, num_classes=100)
     params, macs = count_params(model), count_macs(model)
     model = model.to(device, memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    amp = torch.bfloat16 if cuda else None
+    autocast = (lambda: torch.autocast("cuda", dtype=amp)) if cuda else contextlib.nullcontext
     run = torch.compile(model) if compile else model
-    if device.type == "cuda":
+    if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    train_ips = measure_training(run, device, batch_size, steps, autocast)
+    train_ips, step = measure_training(model, run, device, batch_size, steps, amp, graph)
     infer = measure_inference(run, device, batch_size, autocast)
     return {
         "model": name, "family": entry.family, "tier": entry.tier, "params": params, "macs": macs,
         "mac_convention": MAC_CONVENTION, "device": device_name(device),
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "compiled": compile,
+        "precision": "bf16 autocast" if cuda else "fp32", "compiled": compile, "cuda_graph": step.graphed,
         "batch_size": batch_size, "train_images_per_second": round(train_ips, 1),
         "inference_images_per_second": infer["images_per_second"],
         "inference_batch_size": infer["throughput_batch_size"],
