@@ -13,7 +13,8 @@ shift
 source scripts/device_env.sh
 case "$step" in
   bench)
-    python3 -m pytest -q -p no:cacheprovider tests/test_train_step.py 2>&1 | tee "$OUT/tests.log"
+    python3 -m pytest -q -p no:cacheprovider tests/test_train_step.py 2>&1 | tee "$OUT/tests.log" \
+      || echo "CUDA tests failed; benchmarks follow anyway" | tee -a "$OUT/tests.log"
     python3 -m benchmarks.bench_augment --out "$OUT" 2>&1 | tee "$OUT/augment.log"
     python3 -m benchmarks.bench_train --out "$OUT" --profile-steps 20 2>&1 | tee "$OUT/train.log"
     ;;
