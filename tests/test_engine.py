@@ -155,12 +155,13 @@ def test_optimizer_skips_decay_on_norms_and_biases():
     assert id(vit.pos_embed) in no_decay_ids and id(vit.cls_token) in no_decay_ids
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "multistep"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant", "multistep", "exponential"])
 def test_schedules_warm_up_then_follow_their_shape(schedule):
     from cifarlab.models import create
     from cifarlab.train.optim import build_optimizer, build_scheduler
 
-    cfg = build_config({"schedule": schedule, "epochs": 10, "warmup_epochs": 2, "lr": 1.0})
+    extra = {"gamma": 0.8} if schedule == "exponential" else {}
+    cfg = build_config({"schedule": schedule, "epochs": 10, "warmup_epochs": 2, "lr": 1.0, **extra})
     opt = build_optimizer(create("resnet20"), cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch=10)
     lrs = []
@@ -173,6 +174,11 @@ def test_schedules_warm_up_then_follow_their_shape(schedule):
         assert lrs[-1] == pytest.approx(1.0)
     elif schedule == "multistep":
         assert lrs[60] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.01)
+    elif schedule == "exponential":
+        assert [lrs[20 + 10 * k] for k in range(8)] == pytest.approx([0.8 ** k for k in range(8)])
+        assert lrs[25] == pytest.approx(0.8 ** 0.5), "smooth within an epoch"
+        with pytest.raises(CifarlabError, match="set gamma"):
+            build_config({"schedule": "exponential"})
     else:
         assert lrs[-1] < 0.05
 

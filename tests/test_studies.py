@@ -14,7 +14,8 @@ from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.data import DeviceLoader, load_data
 from cifarlab.data.augment import BatchAugment, crop_flip, pad_images
-from cifarlab.data.policies import OP_INDEX, OPS, AutoAugment, MixCut, TrivialAugment, apply_ops, color_jitter
+from cifarlab.data.policies import (OP_INDEX, OPS, AutoAugment, MixCut, RandAugment, TrivialAugment, apply_ops,
+                                    color_jitter)
 from cifarlab.models import get_entry, list_models
 from cifarlab.models.convnext import modernization_steps
 from cifarlab.studies import load_study, parse_study, run_state, run_study, shard_runs, study_summary
@@ -65,7 +66,7 @@ def test_expansion_merges_base_budget_and_variant():
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["base"].update(epochz=3), "unknown config field 'epochz'; did you mean epochs"),
-    (lambda s: s["base"].update(schedule="cosin"), "'cosine', 'linear', 'constant', 'multistep' or 'step'"),
+    (lambda s: s["base"].update(schedule="cosin"), "'cosine', 'linear', 'constant', 'multistep', 'step' or 'exponential'"),
     (lambda s: s["base"].update(augment={"polcy": "x"}), "augment.polcy; did you mean policy"),
     (lambda s: s["variants"][0].update(model="resnet2O"), "unknown model 'resnet2O'; did you mean"),
     (lambda s: s.update(baseline="resnet9"), "baseline 'resnet9' is not a variant; did you mean resnet8"),
@@ -268,7 +269,8 @@ def test_identity_op_leaves_images_alone():
     assert torch.equal(apply_ops(x, torch.full((len(x),), OP_INDEX["identity"]), torch.zeros(len(x))), x)
 
 
-@pytest.mark.parametrize("policy", [TrivialAugment(), AutoAugment(), lambda x, g: color_jitter(x, 0.2, g)])
+@pytest.mark.parametrize("policy", [TrivialAugment(), AutoAugment(), RandAugment(),
+                                    lambda x, g: color_jitter(x, 0.2, g)])
 def test_policies_are_seeded_change_images_and_keep_the_range(policy):
     x = _images(64).float()
     a = policy(x, torch.Generator().manual_seed(1))
@@ -284,6 +286,36 @@ def test_trivialaugment_draws_every_op():
     ta = TrivialAugment()
     assert len(ta.ops) == 14 and "invert" not in ta.ops and len(OPS) == 15
     assert ta.table[OP_INDEX["posterize"]].tolist()[::10] == [8.0, 6.0, 4.0, 2.0]
+
+
+def test_randaugment_uses_torchvisions_ops_and_magnitudes():
+    tv = pytest.importorskip("torchvision.transforms")
+    ra = RandAugment(num_ops=2, magnitude=9)
+    space = tv.RandAugment()._augmentation_space(31, (32, 32))
+    names = {"".join(p.capitalize() for p in n.split("_")).replace("Autocontrast", "AutoContrast"): n for n in ra.ops}
+    assert set(names) == set(space), "the same 14 ops"
+    for tv_name, (mags, signed) in space.items():
+        expected = float(mags[9]) if mags.ndim else 0.0
+        assert ra.mag[OP_INDEX[names[tv_name]]].item() == pytest.approx(expected), tv_name
+        assert bool(ra.signed[OP_INDEX[names[tv_name]]]) == signed or mags.ndim == 0, tv_name
+
+
+def test_randaugment_applies_num_ops_drawn_ops_at_the_fixed_magnitude():
+    x = _images(256).float()
+    ra = RandAugment(num_ops=2, magnitude=14)
+    out = ra(x, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # replay the same draws by hand
+    ref = x
+    drawn = []
+    for _ in range(2):
+        op = ra.op_ids[torch.randint(0, 14, (256,), generator=g)]
+        sign = torch.where(torch.rand(256, generator=g) < 0.5, -1.0, 1.0)
+        ref = apply_ops(ref, op, ra.mag[op] * torch.where(ra.signed[op], sign, 1.0))
+        drawn.append(op)
+    assert torch.equal(out, ref)
+    assert len(set(torch.cat(drawn).tolist())) == 14, "every op is drawn"
+    with pytest.raises(ValueError, match="magnitude"):
+        RandAugment(magnitude=31)
 
 
 def test_vertical_flip_flips_rows():

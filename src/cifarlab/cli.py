@@ -28,7 +28,7 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--train-subset": ("train_subset", int, "train on a stratified subset of N images (smoke runs); 0 = all"),
     "--optimizer": ("optimizer", str, "sgd or adamw"),
     "--weight-decay": ("weight_decay", float, None),
-    "--schedule": ("schedule", str, "cosine, linear, constant, multistep or step"),
+    "--schedule": ("schedule", str, "cosine, linear, constant, multistep, step or exponential"),
     "--warmup-epochs": ("warmup_epochs", float, None),
     "--label-smoothing": ("label_smoothing", float, None),
     "--grad-clip": ("grad_clip", float, None),

@@ -26,8 +26,10 @@ class AugmentConfig(BaseModel):
     vflip: bool = Field(False, description="random vertical flip (p = 0.5)")
     color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation factors drawn per image "
                                                             "from [1 - s, 1 + s]; 0 = off")
-    policy: Literal["none", "trivialaugment", "autoaugment"] = Field(
-        "none", description="TrivialAugment Wide or AutoAugment (CIFAR-10 policy), after crop/flip")
+    policy: Literal["none", "trivialaugment", "autoaugment", "randaugment"] = Field(
+        "none", description="TrivialAugment Wide, AutoAugment (CIFAR-10 policy) or RandAugment, after crop/flip")
+    randaugment_ops: int = Field(2, ge=1, le=6, description="RandAugment: ops per image (N)")
+    randaugment_magnitude: int = Field(9, ge=0, le=30, description="RandAugment: magnitude bin of 31 (M)")
     cutout: int = Field(0, ge=0, le=32, description="side of the cutout square in pixels; 0 = off")
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(alpha, alpha); 0 = off")
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix Beta(alpha, alpha); 0 = off; "
@@ -55,10 +57,11 @@ class TrainConfig(BaseModel):
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0, description="not applied to norms and biases")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    schedule: Literal["cosine", "linear", "constant", "multistep", "step"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "multistep", "step", "exponential"] = "cosine"
     warmup_epochs: float | None = Field(None, ge=0, description="linear warm-up; None = min(2, 10% of epochs)")
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="multistep: fractions of training")
-    gamma: float = Field(0.1, gt=0, le=1, description="multistep / step decay factor")
+    gamma: float = Field(0.1, gt=0, le=1, description="multistep / step decay factor; exponential: the factor per "
+                                                       "epoch (set it, e.g. 0.97)")
     step_epochs: float = Field(30, gt=0, description="step: multiply the lr by gamma every this many epochs")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="max global grad norm; None = off")
@@ -94,6 +97,13 @@ class TrainConfig(BaseModel):
     def warmup(self) -> float:
         """Warm-up epochs in effect."""
         return min(2.0, 0.1 * self.epochs) if self.warmup_epochs is None else self.warmup_epochs
+
+    @model_validator(mode="after")
+    def _exponential_names_its_rate(self) -> "TrainConfig":
+        if self.schedule == "exponential" and "gamma" not in self.model_fields_set:
+            raise ValueError("schedule exponential multiplies the lr by gamma every epoch: set gamma (e.g. 0.97); "
+                             "the default 0.1 is for multistep / step")
+        return self
 
     @model_validator(mode="after")
     def _warmup_shorter_than_training(self) -> "TrainConfig":

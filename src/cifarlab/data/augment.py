@@ -8,7 +8,7 @@ a function of (seed, epoch)), one table lookup with the images' base offsets
 added, and one ``index_select``. Without a policy or colour jitter the split is
 normalised once when it is padded (``prepare``), so the gather already yields
 normalised floats; otherwise the gather yields uint8 values, the policy
-(TrivialAugment / AutoAugment) and jitter follow (``policies.py``), then
+(TrivialAugment / AutoAugment / RandAugment) and jitter follow (``policies.py``), then
 normalisation. Cutout follows in float, then optionally mixup / cutmix with soft
 targets (``BatchAugment.mix``). Output is NCHW in channels_last memory (the
 permuted NHWC buffer), ready for a channels_last model.
@@ -113,10 +113,12 @@ class BatchAugment:
 
     def __init__(self, mean, std, crop_padding: int = 4, hflip: bool = True, cutout_size: int = 0, device="cpu",
                  *, vflip: bool = False, color_jitter: float = 0.0, policy: str = "none",
-                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int | None = None):
+                 mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int | None = None,
+                 randaugment_ops: int = 2, randaugment_magnitude: int = 9):
         self.pad, self.hflip, self.cutout = crop_padding, hflip, cutout_size
         self.vflip, self.color_jitter = vflip, color_jitter
-        self.policy = make_policy(policy)
+        self.policy = make_policy(policy, randaugment_ops=randaugment_ops,
+                                  randaugment_magnitude=randaugment_magnitude)
         if (mixup_alpha > 0 or cutmix_alpha > 0) and not num_classes:
             raise ValueError("mixup / cutmix need num_classes")
         self.mixer = MixCut(mixup_alpha, cutmix_alpha, num_classes) if mixup_alpha > 0 or cutmix_alpha > 0 else None
@@ -131,7 +133,8 @@ class BatchAugment:
         """From an ``AugmentConfig``."""
         return cls(mean, std, cfg.crop_padding, cfg.hflip, cfg.cutout, device, vflip=cfg.vflip,
                    color_jitter=cfg.color_jitter, policy=cfg.policy, mixup_alpha=cfg.mixup_alpha,
-                   cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes)
+                   cutmix_alpha=cfg.cutmix_alpha, num_classes=num_classes, randaugment_ops=cfg.randaugment_ops,
+                   randaugment_magnitude=cfg.randaugment_magnitude)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Pad a uint8 NHWC split once (and normalise it, when no uint8 image op follows the crop)."""

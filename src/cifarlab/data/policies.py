@@ -1,4 +1,5 @@
-"""Batched augmentation policies on the device: colour jitter, TrivialAugment, AutoAugment, mixup / cutmix.
+"""Batched augmentation policies on the device: colour jitter, TrivialAugment, AutoAugment, RandAugment,
+mixup / cutmix.
 
 Every op here works on a whole batch at once, with its own random draw per
 sample taken from the loader's ``torch.Generator`` (so an epoch's augmentation is
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("none", "trivialaugment", "autoaugment")
+POLICIES = ("none", "trivialaugment", "autoaugment", "randaugment")
 
 # Every op of both policies, in one index space: (name, signed magnitude)
 OPS: tuple[tuple[str, bool], ...] = (
@@ -234,6 +235,32 @@ class TrivialAugment:
         return apply_ops(x, op, m)
 
 
+class RandAugment:
+    """RandAugment (Cubuk et al. 2020), as torchvision's ``RandAugment``: ``num_ops`` ops per image, each drawn
+    uniformly (with replacement) from the 14 ops (identity included, no invert), all at magnitude bin
+    ``magnitude`` of 31 (AutoAugment's ranges); a signed magnitude flips sign with p = 0.5."""
+
+    ops = TrivialAugment.ops
+
+    def __init__(self, num_ops: int = 2, magnitude: int = 9, image_size: int = 32, num_bins: int = 31):
+        if not 0 <= magnitude < num_bins:
+            raise ValueError(f"RandAugment magnitude must be a bin in 0..{num_bins - 1}, got {magnitude}")
+        self.num_ops = num_ops
+        self.mag = _magnitude_table(num_bins, wide=False, size=image_size)[:, magnitude]  # one magnitude per op
+        self.op_ids = torch.tensor([OP_INDEX[name] for name in self.ops])
+        self.signed = _SIGNED
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n, dev = x.shape[0], x.device
+        if self.mag.device != dev:  # move the lookup tables once
+            self.mag, self.op_ids, self.signed = self.mag.to(dev), self.op_ids.to(dev), self.signed.to(dev)
+        for _ in range(self.num_ops):
+            op = self.op_ids[torch.randint(0, len(self.ops), (n,), device=dev, generator=generator)]
+            sign = torch.where(torch.rand(n, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+            x = apply_ops(x, op, self.mag[op] * torch.where(self.signed[op], sign, 1.0))
+        return x
+
+
 class AutoAugment:
     """AutoAugment's CIFAR-10 policy (Cubuk et al. 2019), as in torchvision: per image one of 25 sub-policies,
     whose two ops each apply with their own probability and fixed magnitude bin (10 bins); signed
@@ -261,7 +288,7 @@ class AutoAugment:
         return x
 
 
-def make_policy(name: str, image_size: int = 32):
+def make_policy(name: str, image_size: int = 32, randaugment_ops: int = 2, randaugment_magnitude: int = 9):
     """The policy object for an ``AugmentConfig.policy`` value, or None for "none"."""
     if name == "none":
         return None
@@ -269,6 +296,8 @@ def make_policy(name: str, image_size: int = 32):
         return TrivialAugment(image_size)
     if name == "autoaugment":
         return AutoAugment(image_size)
+    if name == "randaugment":
+        return RandAugment(randaugment_ops, randaugment_magnitude, image_size)
     raise ValueError(f"unknown policy {name!r}; choose from {list(POLICIES)}")
 
 

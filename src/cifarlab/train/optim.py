@@ -3,7 +3,8 @@
 No weight decay on norms and biases (any parameter with fewer than 2 dims).
 Schedules are per step: ``transformers.get_scheduler`` for cosine / linear /
 constant with linear warm-up, a multi-step decay at fractions of training, and a
-step decay by ``gamma`` every ``step_epochs`` epochs (e.g. halve every 5 epochs).
+step decay by ``gamma`` every ``step_epochs`` epochs (e.g. halve every 5 epochs), and an
+exponential decay by ``gamma`` per epoch after the warm-up, applied smoothly per step.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
             return cfg.gamma ** (step // every)
 
         return LambdaLR(optimizer, step_factor)
+    if cfg.schedule == "exponential":
+
+        def exp_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return cfg.gamma ** ((step - warmup) / steps_per_epoch)
+
+        return LambdaLR(optimizer, exp_factor)
     name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
