@@ -2,7 +2,8 @@
 # Issue 7's checks on the lent GPU machine, one step per device call (carry .whl, and stage/a or stage/b where
 # named; see docs/gpu.md). Everything lands under $OUT: logs, benchmark JSON, a study table and a tarball of
 # the runs' compact records (result.json, metrics.jsonl, config.json; no checkpoints).
-#   bash scripts/device_issue7.sh bench            CUDA tests of the step, augmentation + training benchmarks
+#   bash scripts/device_issue7.sh bench [ARGS]     CUDA tests of the step, augmentation + training benchmarks
+#                                                  (ARGS go to bench_train, e.g. --paths recipe,engine,fast)
 #   bash scripts/device_issue7.sh stage            first staging call (carry stage/a): /root/c100
 #   bash scripts/device_issue7.sh fast_vs_eager    (carry stage/b) studies/fast_vs_eager.yaml, 6 runs
 #   bash scripts/device_issue7.sh time_to_accuracy (carry stage/b) studies/time_to_accuracy.yaml, 6 runs
@@ -16,7 +17,7 @@ case "$step" in
     python3 -m pytest -q -p no:cacheprovider tests/test_train_step.py 2>&1 | tee "$OUT/tests.log" \
       || echo "CUDA tests failed; benchmarks follow anyway" | tee -a "$OUT/tests.log"
     python3 -m benchmarks.bench_augment --out "$OUT" 2>&1 | tee "$OUT/augment.log"
-    python3 -m benchmarks.bench_train --out "$OUT" --profile-steps 20 2>&1 | tee "$OUT/train.log"
+    python3 -m benchmarks.bench_train --out "$OUT" --profile-steps 20 "$@" 2>&1 | tee "$OUT/train.log"
     ;;
   stage)
     mkdir -p /root/c100 && cp stage/a/* /root/c100/ && ls -l /root/c100

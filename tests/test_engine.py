@@ -121,6 +121,82 @@ def test_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
     assert "epoch 3" in json.loads((tmp_path / "nan" / "error.json").read_text())["error"]
 
 
+def emulate_cuda_graph(monkeypatch):
+    """CUDA-graph semantics on the CPU, to check the engine's wiring of the graph path: capture = the warm-up and
+    restore ``TrainStep._capture`` does, replay = the captured body on the static buffers. Capture safety itself
+    is for the CUDA tests (tests/test_train_step.py)."""
+    from types import SimpleNamespace
+
+    from cifarlab.train import engine
+    from cifarlab.train.step import TrainStep
+
+    def capture(self, warmup_steps):
+        saved = self._snapshot()
+        for _ in range(warmup_steps):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._body(self.static_x, self.static_y)
+        self._restore(saved)
+
+        def replay():
+            self.optimizer.zero_grad(set_to_none=True)
+            self._body(self.static_x, self.static_y)
+
+        self.graph = SimpleNamespace(replay=replay)
+
+    monkeypatch.setattr(TrainStep, "_capture", capture)
+    monkeypatch.setattr(engine, "_use_cuda_graph", lambda cfg, device, world: cfg.cuda_graph != "off")
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run, epoch, name="model.safetensors"):
+    return load_file(run / "checkpoints" / f"epoch-{epoch:04d}" / name)
+
+
+def test_graph_path_follows_the_schedule_and_matches_eager(tmp_path, monkeypatch):
+    """The graph path's fused optimizer reads LR tensors the scheduler fills: the same LR every epoch and the same
+    training as the eager path (up to fused vs foreach rounding)."""
+    emulate_cuda_graph(monkeypatch)
+    base = {**SMALL, "epochs": 3, "deterministic": True, "warmup_epochs": 1, "ema_decay": 0.9,
+            "label_smoothing": 0.1, "grad_clip": 2.0}
+    eager = fit(build_config({**base, "cuda_graph": "off"}), tmp_path / "eager", progress=False)
+    graph = fit(build_config({**base, "cuda_graph": "on"}), tmp_path / "graph", progress=False)
+    assert (eager["train_step"], graph["train_step"]) == ("eager", "cuda_graph")
+    for a, b in zip(_rows(tmp_path / "eager"), _rows(tmp_path / "graph"), strict=True):
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = _weights(tmp_path / "eager", 3, name), _weights(tmp_path / "graph", 3, name)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=2e-4, msg=k)  # fused vs foreach rounding
+
+
+def test_graph_path_resumes_bit_exact_and_takes_over_an_eager_run(tmp_path, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(epoch, model, loader):
+        if epoch == 2:
+            raise Stop
+
+    cfg = build_config({**SMALL, "epochs": 3, "deterministic": True, "ema_decay": 0.9})
+    with pytest.raises(Stop):  # started eagerly (auto on the CPU) ...
+        fit(cfg, tmp_path / "mixed", progress=False, on_epoch_end=stop_after_2)
+    emulate_cuda_graph(monkeypatch)
+    fit(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(Stop):
+        fit(cfg, tmp_path / "cut", progress=False, on_epoch_end=stop_after_2)
+    fit(cfg, tmp_path / "cut", progress=False, resume=True)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = _weights(tmp_path / "full", 3, name), _weights(tmp_path / "cut", 3, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [r["lr"] for r in _rows(tmp_path / "cut")] == [r["lr"] for r in _rows(tmp_path / "full")]
+    mixed = fit(cfg, tmp_path / "mixed", progress=False, resume=True)  # ... resumed on the graph path
+    assert mixed["train_step"] == "eager+cuda_graph" and len(_rows(tmp_path / "mixed")) == 3
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA device")
 def test_cuda_graph_on_without_a_gpu_is_refused_before_the_run_folder(tmp_path):
     with pytest.raises(CifarlabError, match="cuda_graph on needs .*CUDA"):

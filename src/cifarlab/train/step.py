@@ -81,8 +81,6 @@ class TrainStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_error: str | None = None
         if graph:
-            if dev.type != "cuda":
-                raise ValueError("a CUDA graph step needs the model on a CUDA device")
             if sample is None:
                 raise ValueError("a CUDA graph step needs a sample batch to fix the shapes")
             if not all(isinstance(g["lr"], torch.Tensor) and g["lr"].device == dev for g in optimizer.param_groups):
@@ -158,6 +156,8 @@ class TrainStep:
             self.step_index.add_(1)
 
     def _capture(self, warmup_steps: int) -> None:
+        if self.device.type != "cuda":
+            raise ValueError("a CUDA graph step needs the model on a CUDA device")
         saved = self._snapshot()
         try:
             side = torch.cuda.Stream(self.device)
