@@ -291,9 +291,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             step_fn.step(x, y)
             scheduler.step()
             seen += len(y)
-            if (step + 1) % cfg.nan_check_every == 0 or step + 1 == spe:
+            if (step + 1) % cfg.nan_check_every == 0 or step + 1 == spe:  # the host waits here anyway
                 _check_finite(step_fn.first_nonfinite_step(), spe, files, main)
-            bar.update(1)
+                bar.update(step + 1 - bar.n)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step_seconds = time.perf_counter() - t0

@@ -22,7 +22,7 @@ and every step is one replay: one launch instead of hundreds. What capture needs
   on a side stream and on the sample batch; the weights, buffers, optimizer state
   and EMA are then put back, so the first real step starts from exactly the state
   handed in (optimizer state the warm-up created is zeroed: a fresh state for SGD
-  without dampening and for Adam/AdamW).
+  without dampening and for Adam/AdamW), and the CUDA generator is put back too.
 - The graph holds the addresses of parameters, buffers, optimizer state and the
   accumulators: load checkpoints before building the step. ``load_state_dict``
   of a module copies in place and is fine later; an optimizer's is not.
@@ -159,6 +159,7 @@ class TrainStep:
         if self.device.type != "cuda":
             raise ValueError("a CUDA graph step needs the model on a CUDA device")
         saved = self._snapshot()
+        rng = torch.cuda.get_rng_state(self.device)  # dropout draws of the warm-up must not shift a resumed run's
         try:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -172,6 +173,7 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)  # backward allocates the grads from the graph's pool
             with torch.cuda.graph(graph):
                 self._body(self.static_x, self.static_y)
+            torch.cuda.set_rng_state(rng, self.device)
             self.graph = graph
         except RuntimeError as e:
             self.capture_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
