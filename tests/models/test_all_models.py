@@ -1,10 +1,12 @@
-"""Every registered model: shape, backward, and a few optimisation steps that lower the loss."""
+"""Every registered model: shape, backward, and a few optimisation steps of the engine's step that lower the loss."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from cifarlab.config import build_config
 from cifarlab.models import count_params, create, get_entry, list_models
+from cifarlab.train.optim import build_optimizer
+from cifarlab.train.step import TrainStep, lr_on_device
 
 MODELS = list_models()
 # SPEC §3 tiers: small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110 is the baseline
@@ -12,8 +14,13 @@ MODELS = list_models()
 TIER_EXCEPTIONS = {"resnet110", "ghost_resnet20", "ghost_eca_resnet20"}
 
 
+HOST_READS = ("item", "__bool__", "tolist", "__float__", "__int__", "__index__")
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_and_learning(name):
+def test_forward_backward_and_learning(name, monkeypatch):
+    """... through the engine's TrainStep with the graph path's optimizer, which must not read a value back to the
+    host: a host read is a device sync every step and makes the step impossible to capture as a CUDA graph."""
     torch.manual_seed(0)
     entry = get_entry(name)
     model = create(name, num_classes=100)
@@ -27,18 +34,25 @@ def test_forward_backward_and_learning(name):
     out = model(x[:2])
     assert out.shape == (2, 100)
     adam = entry.recipe.get("optimizer") == "adamw"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3) if adam else \
-        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+    cfg = build_config({"model": name, "lr": 1e-3 if adam else 0.01, "weight_decay": 0.0, "nesterov": False})
+    opt = build_optimizer(model, cfg, capturable=True)  # the graph path's fused optimizer, LR tensors
+    lr_on_device(opt, "cpu")
+    step = TrainStep(model, opt)
     losses = []
     for _ in range(6):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
+        before = step.loss_sum.item()
+        with monkeypatch.context() as m:
+            for attr in HOST_READS:
+                m.setattr(torch.Tensor, attr, _refuse)
+            step.step(x, y)
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
-        opt.step()
-        losses.append(loss.item())
+        losses.append((step.loss_sum.item() - before) / len(y))
+    assert step.first_nonfinite_step() is None
     assert losses[-1] < losses[0], f"{name}: loss did not go down: {losses}"
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the training step read a value back to the host")
 
 
 def test_every_family_has_both_tiers():
