@@ -7,7 +7,8 @@
 #   bash scripts/device_issue7.sh stage            first staging call (carry stage/a): /root/c100
 #   bash scripts/device_issue7.sh fast_vs_eager    (carry stage/b) studies/fast_vs_eager.yaml, 6 runs
 #   bash scripts/device_issue7.sh time_to_accuracy (carry stage/b) studies/time_to_accuracy.yaml, 6 runs
-# A study step resumes where an earlier call stopped while the machine stays warm (runs under /root/runs).
+# A study step resumes where an earlier call stopped while the machine stays warm (runs under /root/runs); it
+# stops its runs after SECONDS_FOR_RUNS (default 480) so that the table and the records still come back.
 set -euo pipefail
 step=${1:?usage: device_issue7.sh bench|stage|fast_vs_eager|time_to_accuracy [extra study-run args]}
 shift
@@ -24,9 +25,10 @@ case "$step" in
     ;;
   fast_vs_eager|time_to_accuracy)
     if [ -d stage/b ]; then cp stage/b/* /root/c100/; fi
-    python3 -m cifarlab.cli study run "studies/$step.yaml" --set data=/root/c100 --out /root/runs --no-progress "$@" \
-      2>&1 | tee "$OUT/$step.log"
-    python3 -m cifarlab.cli study table "/root/runs/$step" | tee "$OUT/$step-table.txt"
+    # stop the runs in time to bring back what finished (SECONDS_FOR_RUNS, default 480 s); the rest resumes
+    timeout --signal=INT "${SECONDS_FOR_RUNS:-480}" python3 -m cifarlab.cli study run "studies/$step.yaml" \
+      --set data=/root/c100 --out /root/runs --no-progress "$@" 2>&1 | tee "$OUT/$step.log" || true
+    python3 -m cifarlab.cli study table "/root/runs/$step" 2>&1 | tee "$OUT/$step-table.txt" || true
     (cd /root/runs && tar czf "$OUT/$step-records.tgz" --exclude=checkpoints --exclude=tensorboard "$step")
     ;;
   *)
