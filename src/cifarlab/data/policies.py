@@ -210,6 +210,14 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tenso
 
 # ---- policies ----
 
+def _tables_on(policy, dev: torch.device, *names: str) -> None:
+    """Move a policy's lookup tables (built on the CPU) to the batch's device, once."""
+    for name in names:
+        table = getattr(policy, name)
+        if table.device != dev:
+            setattr(policy, name, table.to(dev))
+
+
 class TrivialAugment:
     """TrivialAugment Wide (Müller & Hutter 2021): one op per image, uniformly chosen, uniform magnitude bin.
 
@@ -226,8 +234,7 @@ class TrivialAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, dev = x.shape[0], x.device
-        if self.table.device != dev:  # move the lookup tables once
-            self.table, self.op_ids, self.signed = self.table.to(dev), self.op_ids.to(dev), self.signed.to(dev)
+        _tables_on(self, dev, "table", "op_ids", "signed")
         op = self.op_ids[torch.randint(0, len(self.ops), (n,), device=dev, generator=generator)]
         bins = torch.randint(0, self.table.shape[1], (n,), device=dev, generator=generator)
         sign = torch.where(torch.rand(n, device=dev, generator=generator) < 0.5, -1.0, 1.0)
@@ -252,8 +259,7 @@ class RandAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, dev = x.shape[0], x.device
-        if self.mag.device != dev:  # move the lookup tables once
-            self.mag, self.op_ids, self.signed = self.mag.to(dev), self.op_ids.to(dev), self.signed.to(dev)
+        _tables_on(self, dev, "mag", "op_ids", "signed")
         for _ in range(self.num_ops):
             op = self.op_ids[torch.randint(0, len(self.ops), (n,), device=dev, generator=generator)]
             sign = torch.where(torch.rand(n, device=dev, generator=generator) < 0.5, -1.0, 1.0)
@@ -276,8 +282,7 @@ class AutoAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, dev = x.shape[0], x.device
-        if self.op.device != dev:  # move the lookup tables once
-            self.op, self.prob, self.mag, self.signed = (t.to(dev) for t in (self.op, self.prob, self.mag, self.signed))
+        _tables_on(self, dev, "op", "prob", "mag", "signed")
         sub = torch.randint(0, len(self.op), (n,), device=dev, generator=generator)
         for step in range(2):
             op = self.op[sub, step]
