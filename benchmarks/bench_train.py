@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from cifarlab.config import TrainConfig
 from cifarlab.data import BatchAugment, DeviceLoader, Split
 from cifarlab.models import count_params, create, list_models
+from cifarlab.train.metrics import autocast_dtype
 from cifarlab.train.optim import build_optimizer, build_scheduler
 from cifarlab.train.step import TrainStep, lr_on_device
 
@@ -197,7 +198,7 @@ class DevicePath(TrainPath):
     def __init__(self, s: Setup):
         super().__init__(s)
         self.model = self.model.to(s.device, memory_format=torch.channels_last)
-        self.autocast_dtype = torch.bfloat16 if s.device.type == "cuda" else None
+        self.autocast_dtype = autocast_dtype("auto", s.device)
         aug = BatchAugment(s.mean, s.std, crop_padding=4, hflip=True, device=s.device)
         self.loader = DeviceLoader(s.split, s.batch, s.mean, s.std, s.device, train=True, augment=aug, seed=0)
         graph = self.graph and s.device.type == "cuda"

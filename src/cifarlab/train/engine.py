@@ -23,7 +23,6 @@ model build, graph capture or compilation, evaluation and checkpoints included.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import math
@@ -46,8 +45,8 @@ from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .ema import WeightEma
-from .metrics import (correctness_string, environment, evaluate, measure_inference, peak_memory_bytes,
-                      per_class_accuracy, superclass_accuracy)
+from .metrics import (autocast_context, autocast_dtype, correctness_string, environment, evaluate,
+                      measure_inference, peak_memory_bytes, per_class_accuracy, superclass_accuracy)
 from .optim import build_optimizer, build_scheduler, load_optimizer_state
 from .step import TrainStep, lr_on_device
 
@@ -116,10 +115,6 @@ def _accelerator(cfg: TrainConfig, root: Path) -> Accelerator:
     trackers = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
     return Accelerator(cpu=not cuda, log_with=trackers,
                        project_config=ProjectConfiguration(project_dir=str(root), logging_dir=str(root / "tensorboard")))
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    return torch.bfloat16 if device.type == "cuda" and cfg.precision in ("auto", "bf16") else None
 
 
 def _use_cuda_graph(cfg: TrainConfig, device: torch.device, world: int) -> bool:
@@ -261,8 +256,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     if accelerator.log_with:
         accelerator.init_trackers("tb", config={k: str(v) for k, v in cfg.model_dump().items()})
     eval_model = ema.module if ema else model
-    amp = autocast_dtype(cfg, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    amp = autocast_dtype(cfg.precision, device)
+    autocast = autocast_context(device, amp)
 
     sample = None
     if graph:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from ..data import DeviceLoader, load_data
 from ..io import read_json
 from ..models import create
 from .checkpoint import find_latest
-from .metrics import evaluate
+from .metrics import autocast_context, autocast_dtype, evaluate
 
 
 def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.device = "cpu"):
@@ -43,8 +42,6 @@ def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True) -> di
     loader = DeviceLoader(part, cfg.eval_batch_size, data.mean, data.std, device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and cfg.precision != "fp32" \
-        else contextlib.nullcontext
-    ev = evaluate(model, loader, autocast)
+    ev = evaluate(model, loader, autocast_context(device, autocast_dtype(cfg.precision, device)))
     return {"model": cfg.model, "dataset": data.name, "split": split, "images": len(part), "epoch": epoch,
             "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"]}

@@ -17,6 +17,16 @@ import torch.nn.functional as F
 import cifarlab
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU unless ``precision`` is fp32; none on the CPU."""
+    return torch.bfloat16 if device.type == "cuda" and precision in ("auto", "bf16") else None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context for evaluation and inference (a no-op without ``dtype``)."""
+    return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:

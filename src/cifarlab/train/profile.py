@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
 
+from ..config import TrainConfig
 from ..models import count_macs, count_params, create, get_entry
 from ..models.complexity import MAC_CONVENTION
-from .metrics import device_name, measure_inference, peak_memory_bytes
-from .step import TrainStep
+from .metrics import autocast_context, autocast_dtype, device_name, measure_inference, peak_memory_bytes
+from .optim import build_optimizer
+from .step import TrainStep, lr_on_device
 
 
 def _sync(device: torch.device) -> None:
@@ -23,9 +24,8 @@ def measure_training(model, forward, device, batch_size: int, steps: int, autoca
     """Training images/s of the engine's step on one random batch (total over ``steps``, after ``warmup``)."""
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (batch_size,), device=device)
-    lr = torch.tensor(1e-3, device=device) if graph else 1e-3
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                          **({"fused": True} if graph else {"foreach": True}))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3), capturable=graph)  # the engine's SGD for this path
+    lr_on_device(opt, device if graph else None)
     step = TrainStep(model, opt, forward=forward, autocast_dtype=autocast_dtype, graph=graph, sample=(x, y))
     for i in range(warmup + steps):
         if i == warmup:
@@ -47,13 +47,12 @@ def profile_model(name: str, batch_size: int = 256, compile: bool = False, steps
     model = create(name, num_classes=100)
     params, macs = count_params(model), count_macs(model)
     model = model.to(device, memory_format=torch.channels_last)
-    amp = torch.bfloat16 if cuda else None
-    autocast = (lambda: torch.autocast("cuda", dtype=amp)) if cuda else contextlib.nullcontext
+    amp = autocast_dtype("auto", device)
     run = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     train_ips, step = measure_training(model, run, device, batch_size, steps, amp, graph)
-    infer = measure_inference(run, device, batch_size, autocast)
+    infer = measure_inference(run, device, batch_size, autocast_context(device, amp))
     return {
         "model": name, "family": entry.family, "tier": entry.tier, "params": params, "macs": macs,
         "mac_convention": MAC_CONVENTION, "device": device_name(device),
