@@ -450,13 +450,11 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, dry_ru
 def prepare_image(path: str | Path) -> np.ndarray:
     """An image file of any size as uint8 (32, 32, 3) RGB: centre square crop, then bicubic (antialiased) resize."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
-        raise CifarlabError(f"cannot read image {path}: {_first_line(e)}") from None
+    from .data.images import open_image
+
+    im = open_image(path, what=f"cannot read image {path}").convert("RGB")
     w, h = im.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2

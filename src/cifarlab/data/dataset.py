@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from PIL import Image
 
 from .. import CifarlabError
 from ..io import atomic_open
+from .images import ImageError, open_image
 from .meta import DATASETS, IMAGE_COLUMNS, DatasetInfo
 from .sources import cache_root, resolve_source
 
@@ -67,13 +66,10 @@ def _decode_one(b: bytes | None) -> np.ndarray | str:
     if b is None:
         return "no image bytes"
     try:
-        with Image.open(io.BytesIO(b)) as im:
-            if im.mode != "RGB":
-                return f"mode {im.mode}"
-            a = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for damaged or unknown files
-        return f"undecodable bytes ({type(e).__name__})"
-    return a if a.shape == (32, 32, 3) else f"shape {a.shape}"
+        im = open_image(b, size=(32, 32))
+    except ImageError as e:
+        return f"an unusable image ({e.reason})"
+    return np.asarray(im, dtype=np.uint8) if im.mode == "RGB" else f"mode {im.mode}"
 
 
 def _decode_images(ds: datasets.Dataset, col: str, split: str, where: str) -> np.ndarray:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
+import shutil
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass
 from functools import cached_property, partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import datasets
@@ -25,6 +27,7 @@ import numpy as np
 from .. import CifarlabError
 from ..io import sha256_file
 from .meta import DatasetInfo
+from .safe_pickle import load_pickle
 from .synthetic import synthetic_dataset
 
 
@@ -51,6 +54,9 @@ def _sha256_files(paths: list[Path], root: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+MAX_EXTRACTED_BYTES = 4 << 30  # CIFAR-100 extracts to 0.2 GB
 
 
 def cache_root() -> Path:
@@ -115,14 +121,11 @@ def _load_parquet_folder(root: Path) -> RawSource:
 
 
 def _unpickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-    except Exception as e:
-        raise CifarlabError(f"{path}: not a CIFAR python pickle ({type(e).__name__})") from None
+    """A CIFAR pickle's dict, read without running code (:mod:`.safe_pickle`); str keys count as bytes keys."""
+    d = load_pickle(path)
     if not isinstance(d, dict):
         raise CifarlabError(f"{path}: not a CIFAR python pickle (holds a {type(d).__name__}, not a dict)")
-    return d
+    return {k.encode() if isinstance(k, str) else k: v for k, v in d.items()}
 
 
 def _label_names(meta: dict, key: bytes, path: Path) -> list[str]:
@@ -200,17 +203,45 @@ def _load_pickle_folder(root: Path, info: DatasetInfo) -> RawSource:
     return RawSource("pickle", load, _sha256_files(used, base), f"python pickles {base}")
 
 
+def _check_member(member: tarfile.TarInfo, root: Path, archive: Path) -> None:
+    """Only plain files and folders, inside ``root``: no absolute paths, no ``..``, no links, no devices."""
+    name = PurePosixPath(member.name)
+    if not (member.isfile() or member.isdir()):
+        kind = "a link" if member.issym() or member.islnk() else "a device, pipe or other special file"
+        raise CifarlabError(f"{archive}: refused to extract {member.name!r}: it is {kind}")
+    if name.is_absolute() or ".." in name.parts or not (root / name).resolve().is_relative_to(root.resolve()):
+        raise CifarlabError(f"{archive}: refused to extract {member.name!r}: its path leaves the extraction folder")
+
+
 def _extract_tar(path: Path) -> Path:
-    """Extract once into the cache, keyed by the archive's bytes (a replaced archive is extracted again)."""
+    """Extract once into the cache, keyed by the archive's bytes (a replaced archive is extracted again).
+
+    Members are checked one by one as the archive streams (and extracted with tarfile's ``data`` filter
+    too) into a temporary folder renamed into place when complete; a refused archive leaves nothing.
+    """
     dest = cache_root() / "extracted" / sha256_file(path)[:16]
-    if not (dest / ".complete").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            with tarfile.open(path) as tar:
-                tar.extractall(dest, filter="data")
-        except (tarfile.TarError, OSError) as e:
-            raise CifarlabError(f"{path}: cannot extract ({e})") from None
-        (dest / ".complete").touch()
+    if (dest / ".complete").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        total = 0
+        with tarfile.open(path) as tar:
+            for member in tar:
+                _check_member(member, tmp, path)
+                total += member.size
+                if total > MAX_EXTRACTED_BYTES:
+                    raise CifarlabError(f"{path}: holds more than {MAX_EXTRACTED_BYTES:,} bytes; "
+                                        f"not a CIFAR archive")
+                tar.extract(member, tmp, filter="data")
+        (tmp / ".complete").touch()
+        shutil.rmtree(dest, ignore_errors=True)  # left by an older, interrupted extraction
+        tmp.rename(dest)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CifarlabError(f"{path}: cannot extract ({detail})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
