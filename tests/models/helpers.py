@@ -1,4 +1,4 @@
-"""Checks and weight randomisers shared by the model tests (imported as ``helpers``: tests/models is on sys.path)."""
+"""Checks and the weight randomiser shared by the model tests (imported as ``helpers``: tests/models is on sys.path)."""
 
 import torch
 import torch.nn as nn
@@ -6,39 +6,42 @@ import torch.nn as nn
 from cifarlab.models import count_macs, count_params
 
 
-def randomise(module: nn.Module, scale: float = 0.3, norm_stats: bool = False) -> nn.Module:
-    """Seeded N(0, scale^2) parameters (and, with ``norm_stats``, BN running statistics), then eval mode."""
-    g = torch.Generator().manual_seed(1)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # timm's and our LayerNorm2d included
+
+
+def randomize_(module: nn.Module, seed: int = 0, scale: float = 0.3) -> nn.Module:
+    """Every parameter and norm statistic random, then eval mode, so that a parity check exercises all of them
+    (reference libraries zero-initialise heads, biases and layer scales and set norm scales to one).
+
+    Conv and linear kernels N(0, 1/fan_in) (activations stay of order one through deep networks), norm scales
+    1 + N(0, scale^2), everything else (biases, shifts, layer scales, embeddings, bias tables) N(0, scale^2);
+    BatchNorm running means N(0, scale^2) and variances U(0.5, 1.5).
+    """
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
-        if norm_stats:
-            for name, b in module.named_buffers():
-                if name.endswith("running_mean"):
-                    b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-                elif name.endswith("running_var"):
-                    b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                z = torch.randn(p.shape, generator=g)
+                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and name == "weight":
+                    p.copy_(z / p[0].numel() ** 0.5)
+                elif isinstance(m, NORMS) and name == "weight":
+                    p.copy_(1 + scale * z)
+                else:
+                    p.copy_(scale * z)
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                m.running_mean.copy_(scale * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return module.eval()
 
 
-def randomize_bn(module: nn.Module, conv_bias: bool = False) -> None:
-    """Random BN statistics/affines (and conv biases with ``conv_bias``), so that eval-mode parity checks every term."""
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-        elif conv_bias and isinstance(m, nn.Conv2d) and m.bias is not None:
-            m.bias.data.uniform_(-0.5, 0.5)
-
-
-def randomize_layer_norms(model: nn.Module) -> None:
-    """LayerNorm scales N(1, 0.2^2) and shifts N(0, 0.2^2)."""
-    for m in model.modules():
-        if isinstance(m, nn.LayerNorm):
-            nn.init.normal_(m.weight, 1.0, 0.2)
-            nn.init.normal_(m.bias, 0.0, 0.2)
+def assert_same_logits(ours: nn.Module, ref: nn.Module, x: torch.Tensor, **tolerance) -> None:
+    """Whole-network parity on logits that vary across classes and across inputs, so that a zeroed head or a
+    dead trunk cannot pass by comparing constants."""
+    with torch.no_grad():
+        out, expected = ours.eval()(x), ref.eval()(x)
+    across_classes, across_inputs = out.std(dim=1).min().item(), out.std(dim=0).mean().item()
+    assert out.shape[0] >= 2 and across_classes > 0.1 and across_inputs > 0.01, (across_classes, across_inputs)
+    torch.testing.assert_close(out, expected, **tolerance)
 
 
 def assert_size(model: nn.Module, params: int, macs: int) -> None:

@@ -15,13 +15,13 @@ from cifarlab.models.layers.attention import (
     ECA, CBAMChannelAttention, CoordinateAttention, SqueezeExcite, eca_kernel_size, make_gate,
 )
 from cifarlab.models.resnet import BasicBlock
-from helpers import randomise
+from helpers import randomize_
 
 TIMM_GATE = {"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}
 
 
 def _assert_parity(ours: nn.Module, ref: nn.Module, key_map: dict[str, str], shape: tuple[int, ...]):
-    randomise(ours, scale=0.5, norm_stats=True)
+    randomize_(ours)
     state = {}
     for k, v in ours.state_dict().items():
         for old, new in key_map.items():
@@ -105,7 +105,7 @@ def test_ca_matches_timm(channels):
 
 
 def test_ca_gates_are_direction_aware():
-    ca = randomise(CoordinateAttention(16), scale=0.5, norm_stats=True)
+    ca = randomize_(CoordinateAttention(16))
     x = torch.ones(1, 16, 6, 4)
     x[..., 2, :] = 3.0  # one bright row: the H-gate differs per row, the W-gate is the same for every column
     gate = ca(x) / x
@@ -123,7 +123,7 @@ def test_cbam_avg_max_matches_timm():
 
 @pytest.mark.parametrize("pooling", ["avg+l1", "avg+l2"])
 def test_cbam_lp_descriptors(pooling):
-    m = randomise(CBAMChannelAttention(32, pooling=pooling), scale=0.5, norm_stats=True)
+    m = randomize_(CBAMChannelAttention(32, pooling=pooling))
     x = torch.randn(2, 32, 8, 8)
     if pooling == "avg+l1":
         second = x.abs().mean(dim=(2, 3), keepdim=True)

@@ -19,34 +19,16 @@ Differences, handled in the weight mapping:
 
 import pytest
 import torch
-import torch.nn as nn
 
 from cifarlab.models import count_params, create
 from cifarlab.models.coatnet import CoAtNet, MBConvBlock, RelativeTransformerBlock
 from cifarlab.models.layers.transformer import RelativePositionBias
-
-maxxvit = pytest.importorskip("timm.models.maxxvit")
-pos_embed_rel = pytest.importorskip("timm.layers.pos_embed_rel")
+from helpers import randomize_
 
 
 @pytest.mark.parametrize("name, params", [("coatnet_mini", 1_250_564), ("coatnet_0", 23_718_128)])
 def test_pinned_param_counts(name, params):
     assert count_params(create(name)) == params
-
-
-def _randomize(model: nn.Module) -> None:
-    """Non-trivial norm parameters, running statistics and relative-position tables."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):  # timm LayerNorm2d is an nn.LayerNorm
-            m.weight.data = 1 + 0.2 * torch.randn(m.weight.shape, generator=g)
-            m.bias.data = 0.2 * torch.randn(m.bias.shape, generator=g)
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.data = 0.2 * torch.randn(m.running_mean.shape, generator=g)
-            m.running_var.data = 0.5 + torch.rand(m.running_var.shape, generator=g)
-    for name, p in model.named_parameters():
-        if name.endswith("relative_position_bias_table"):
-            p.data = torch.randn(p.shape, generator=g)
 
 
 def _map_timm(state: dict, head_dim: int = 32) -> dict:
@@ -64,9 +46,10 @@ def _map_timm(state: dict, head_dim: int = 32) -> dict:
 
 @pytest.mark.parametrize("in_ch, out_ch, stride, size", [(32, 48, 2, 16), (48, 48, 1, 8)])
 def test_mbconv_matches_timm(in_ch, out_ch, stride, size):
-    ref = maxxvit.MbConvBlock(in_ch, out_ch, stride=stride, cfg=maxxvit.MaxxVitConvCfg()).eval()
+    from timm.models import maxxvit
+
+    ref = randomize_(maxxvit.MbConvBlock(in_ch, out_ch, stride=stride, cfg=maxxvit.MaxxVitConvCfg()))
     ours = MBConvBlock(in_ch, out_ch, stride=stride).eval()
-    _randomize(ref)
     ours.load_state_dict(_map_timm(ref.state_dict()))
     x = torch.randn(2, in_ch, size, size)
     torch.testing.assert_close(ours(x), ref(x))
@@ -74,12 +57,14 @@ def test_mbconv_matches_timm(in_ch, out_ch, stride, size):
 
 @pytest.mark.parametrize("in_ch, out_ch, stride, size", [(64, 128, 2, 8), (64, 64, 1, 4)])
 def test_relative_transformer_block_matches_timm(in_ch, out_ch, stride, size):
+    from timm.layers import pos_embed_rel
+    from timm.models import maxxvit
+
     out_size = size // stride
     cfg = maxxvit.MaxxVitTransformerCfg()
     rel_pos = lambda num_heads, **kw: pos_embed_rel.RelPosBias((out_size, out_size), num_heads, **kw)  # noqa: E731
-    ref = maxxvit.TransformerBlock2d(in_ch, out_ch, stride=stride, rel_pos_cls=rel_pos, cfg=cfg).eval()
+    ref = randomize_(maxxvit.TransformerBlock2d(in_ch, out_ch, stride=stride, rel_pos_cls=rel_pos, cfg=cfg))
     ours = RelativeTransformerBlock(in_ch, out_ch, (out_size, out_size), stride=stride).eval()
-    _randomize(ref)
     ours.load_state_dict(_map_timm(ref.state_dict()))
     x = torch.randn(2, in_ch, size, size)
     torch.testing.assert_close(ours(x), ref(x))

@@ -8,17 +8,7 @@ from cifarlab.models import count_macs, count_params, create, get_entry, list_mo
 from cifarlab.models.convnext import ConvNeXt, ModernBlock, ModernResNet, modernization_steps, stage_kernel_sizes
 from cifarlab.models.layers.convnext_block import ConvNeXtBlock, LargeKernelSplitAttention
 from cifarlab.models.layers.norm import LayerNorm2d
-
-timm_convnext = pytest.importorskip("timm.models.convnext")
-
-
-def _randomize(model: nn.Module) -> None:
-    """Random weights everywhere (norm scales around 1), so parity is not helped by zeros or ones."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn_like(p) * 0.2)
-            if p.dim() == 1 and "norm" in name and name.endswith("weight"):
-                p.add_(1.0)
+from helpers import assert_same_logits, randomize_
 
 
 def _copy_in_order(src: nn.Module, dst: nn.Module) -> None:
@@ -35,11 +25,12 @@ def _copy_in_order(src: nn.Module, dst: nn.Module) -> None:
 
 @pytest.mark.parametrize("kernel_size", [7, 3])
 def test_block_matches_timm(kernel_size):
+    from timm.models import convnext as timm_convnext
+
     dim = 16
-    ours = ConvNeXtBlock(dim, kernel_size, ls_init_value=1e-6).eval()
+    ours = randomize_(ConvNeXtBlock(dim, kernel_size, ls_init_value=1e-6))
     ref = timm_convnext.ConvNeXtBlock(dim, kernel_size=kernel_size, ls_init_value=1e-6, conv_mlp=False,
                                       mlp_ratio=4, drop_path=0.0).eval()
-    _randomize(ours)
     key = {"dwconv": "conv_dw", "norm": "norm", "pwconv1": "mlp.fc1", "pwconv2": "mlp.fc2", "gamma": "gamma"}
     state = {}
     for name, value in ours.state_dict().items():
@@ -71,14 +62,14 @@ def test_network_matches_timm_convnext():
     # timm's ConvNeXt adds a stride-2 downsampling layer to stage 1 when the stem stride is 2 (it
     # keeps output stride 32), so compare at its native 4x4 patch on a 64x64 input: the same
     # 16/8/4/2 stages, kernels 7/7/7/3, downsampling layers and head as ours at 2x2 on 32x32.
-    ours = create("convnext_small_cifar", patch_size=4, img_size=64).eval()
+    from timm.models import convnext as timm_convnext
+
+    ours = randomize_(create("convnext_small_cifar", patch_size=4, img_size=64))
     assert ours.kernel_sizes == (7, 7, 7, 3)
     ref = timm_convnext.ConvNeXt(num_classes=100, depths=(2, 2, 6, 2), dims=(24, 48, 96, 192), patch_size=4,
                                  kernel_sizes=(7, 7, 7, 3), ls_init_value=1e-6).eval()
-    _randomize(ours)
     _copy_in_order(ours, ref)
-    x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert_same_logits(ours, ref, torch.randn(2, 3, 64, 64), rtol=1e-4, atol=1e-5)
 
 
 def test_kernel_capped_by_map_size():
@@ -148,8 +139,7 @@ def test_split_attention_shapes_and_params():
 def test_split_attention_weights_sum_to_one():
     # If every split of a channel has the same filter, the r-softmax weights (summing to 1)
     # must give back exactly that depthwise conv, whatever the attention MLP says.
-    sa = LargeKernelSplitAttention(16, kernel_size=5, radix=3).eval()
-    _randomize(sa)
+    sa = randomize_(LargeKernelSplitAttention(16, kernel_size=5, radix=3))
     dw = nn.Conv2d(16, 16, 5, padding=2, groups=16)
     with torch.no_grad():
         sa.conv.weight.copy_(dw.weight.repeat_interleave(3, dim=0))
@@ -304,12 +294,10 @@ def test_step11_separate_downsampling():
 
 def test_step11_with_layer_scale_is_convnext():
     cfg = {k: v for k, v in get_entry("convnext_step11_downsample").defaults.items() if k != "drop_path_rate"}
-    steps = ModernResNet(ls_init_value=1e-6, **cfg).eval()
-    ref = ConvNeXt(depths=(3, 3, 9, 3), dims=(36, 72, 144, 288)).eval()
-    _randomize(steps)
+    steps = randomize_(ModernResNet(ls_init_value=1e-6, **cfg))
+    ref = ConvNeXt(depths=(3, 3, 9, 3), dims=(36, 72, 144, 288))
     _copy_in_order(steps, ref)
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(steps(x), ref(x), rtol=1e-4, atol=1e-5)
+    assert_same_logits(steps, ref, torch.randn(2, 3, 32, 32), rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- registry

@@ -7,7 +7,7 @@ from timm.models.cspnet import BottleneckBlock, CrossStage as TimmCrossStage
 
 from cifarlab.models import count_params, create
 from cifarlab.models.csp import CrossStage
-from helpers import assert_size, randomize_bn, stage_output_shapes
+from helpers import assert_size, randomize_, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,depth", [(64, 128, 1, 2), (128, 256, 2, 1)])
@@ -16,7 +16,7 @@ def test_cross_stage_matches_timm(in_ch, out_ch, stride, depth):
     ref = TimmCrossStage(in_ch, out_ch, stride, 1, depth, expand_ratio=2.0, bottle_ratio=0.5, cross_linear=True,
                          block_fn=BottleneckBlock, act_layer=nn.ReLU, norm_layer=nn.BatchNorm2d)
     ours = CrossStage(in_ch, out_ch, stride, depth, "bottleneck", expand_ratio=2.0, bottle_ratio=0.5)
-    randomize_bn(ref)
+    randomize_(ref)
     ours.load_state_dict(ref.state_dict())  # same names: conv_down, conv_exp, blocks.i.conv{1,2,3}, transitions
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)

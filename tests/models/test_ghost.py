@@ -14,7 +14,7 @@ from cifarlab.models.layers import CONV_LAYERS
 from cifarlab.models.layers.attention import ECA
 from cifarlab.models.layers.conv import ConvNormAct
 from cifarlab.models.layers.ghost import GhostBottleneck, GhostECAModule, GhostModule, make_divisible
-from helpers import randomise
+from helpers import randomize_
 
 
 # our key fragment -> timm's (GhostModule: primary_conv / cheap_operation Sequentials;
@@ -39,7 +39,7 @@ def _to_timm(state: dict) -> dict:
 
 
 def _assert_parity(ours: nn.Module, ref: nn.Module, shape):
-    randomise(ours, norm_stats=True)
+    randomize_(ours)
     ref.load_state_dict(_to_timm(ours.state_dict()), strict=True)
     ref.eval()
     x = torch.randn(shape)
@@ -73,7 +73,7 @@ def test_ghost_module_param_and_mac_formulas(in_ch, out_ch, ratio, dw, k):
 
 
 def test_ghost_module_splits_intrinsic_and_ghost_maps():
-    m = randomise(GhostModule(8, 12, ratio=3), norm_stats=True)
+    m = randomize_(GhostModule(8, 12, ratio=3))
     x = torch.randn(2, 8, 6, 6)
     intrinsic = m.primary(x)
     y = m(x)
@@ -130,7 +130,7 @@ def test_ghost_eca_placement(position, out_ch, ratio, stride):
 
 
 def test_ghost_eca_intrinsic_reweights_before_cheap_op():
-    m = randomise(GhostECAModule(8, 16, eca_position="intrinsic"), norm_stats=True)
+    m = randomize_(GhostECAModule(8, 16, eca_position="intrinsic"))
     x = torch.randn(2, 8, 6, 6)
     reweighted = m.eca(m.primary(x))
     torch.testing.assert_close(m(x), torch.cat([reweighted, m.cheap(reweighted)], dim=1))

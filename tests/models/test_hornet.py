@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from cifarlab import CifarlabError
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.hornet import GnConvNorm, HorNetBlock, RecursiveGatedConv
-from helpers import assert_no_padding_only_taps, assert_size, randomise
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def gnconv_params(C: int, n: int, k: int) -> int:
@@ -41,7 +41,7 @@ def test_rejects_width_not_divisible():
 def test_order_one_is_a_gated_conv():
     """n = 1: y = proj_out(p0 * alpha * dw(q)) with [p0, q] = proj_in(x)."""
     C, alpha = 16, 1.0 / 3.0
-    g = randomise(RecursiveGatedConv(C, order=1, kernel_size=5, scale=alpha))
+    g = randomize_(RecursiveGatedConv(C, order=1, kernel_size=5, scale=alpha))
     x = torch.randn(2, C, 9, 9)
     pq = F.conv2d(x, g.proj_in.weight, g.proj_in.bias)
     p0, q = pq[:, :C], pq[:, C:]
@@ -53,7 +53,7 @@ def test_order_one_is_a_gated_conv():
 def test_order_three_recursion():
     """p1 = p0 * q0, p2 = pw0(p1) * q1, p3 = pw1(p2) * q2, y = proj_out(p3), widths 4/8/16."""
     C, alpha = 16, 1.0 / 3.0
-    g = randomise(RecursiveGatedConv(C, order=3, scale=alpha))
+    g = randomize_(RecursiveGatedConv(C, order=3, scale=alpha))
     x = torch.randn(2, C, 8, 8)
     pq = F.conv2d(x, g.proj_in.weight, g.proj_in.bias)
     p0, q = pq[:, :4], pq[:, 4:]
@@ -68,7 +68,7 @@ def test_order_three_recursion():
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_interaction_order(n):
     """Without biases g^n Conv is a homogeneous polynomial of degree n + 1 in its input."""
-    g = randomise(RecursiveGatedConv(32, order=n))
+    g = randomize_(RecursiveGatedConv(32, order=n))
     with torch.no_grad():
         for m in g.modules():
             if isinstance(m, nn.Conv2d):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.lsknet import CIFAR_LSK_KERNELS, LargeSelectiveKernel
 from cifarlab.models.segnext import SpatialGatingBlock
-from helpers import assert_no_padding_only_taps, assert_size, randomise
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def lsk_params(C: int, kernels=((5, 1), (7, 3)), s: int = 7) -> int:
@@ -53,7 +53,7 @@ def test_receptive_field_formula_and_measured(kernels, rf):
 def test_spatial_selection_masks_and_output():
     """Masks (N, 2, H, W) = sigmoid(conv7x7([mean_c, max_c](cat(U1', U2')))); out = x * proj(U1' m1 + U2' m2)."""
     C = 16
-    m = randomise(LargeSelectiveKernel(C))
+    m = randomize_(LargeSelectiveKernel(C))
     captured = {}
     m.select.register_forward_hook(lambda mod, a, out: captured.setdefault("masks", out))
     x = torch.randn(3, C, 12, 12)

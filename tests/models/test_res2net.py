@@ -9,7 +9,7 @@ from timm.models.res2net import Bottle2neck
 from cifarlab.models import count_params, create
 from cifarlab.models.layers import ATTENTION_LAYERS
 from cifarlab.models.res2net import Res2NetBasicBlock, Res2NetBottleneck, Res2NetConv
-from helpers import assert_size, randomize_bn, stage_output_shapes
+from helpers import assert_size, randomize_, stage_output_shapes
 
 
 def _from_timm(sd: dict, width: int) -> dict:
@@ -49,7 +49,7 @@ def test_bottleneck_matches_timm(in_ch, stride, cardinality, scale):
                       norm_layer=nn.BatchNorm2d)
     ours = Res2NetBottleneck(in_ch, 4 * planes, stride, width, scale, cardinality)
     assert ours.conv2.stage == ref.is_first
-    randomize_bn(ref)
+    randomize_(ref)
     ours.load_state_dict(_from_timm(ref.state_dict(), width))
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)

@@ -11,7 +11,7 @@ from cifarlab import CifarlabError
 from cifarlab.models import create
 from cifarlab.models.layers.split_attention import SplitAttention
 from cifarlab.models.resnest import ResNeStBottleneck
-from helpers import assert_size, randomize_bn, stage_output_shapes
+from helpers import assert_size, randomize_, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,groups,radix", [
@@ -25,7 +25,7 @@ def test_split_attention_matches_timm(in_ch, out_ch, stride, groups, radix):
                     norm_layer=nn.BatchNorm2d)
     ours = SplitAttention(in_ch, out_ch, 3, stride, groups=groups, radix=radix)
     assert ours.rd_channels == ref.fc1.out_channels
-    randomize_bn(ref, conv_bias=True)
+    randomize_(ref)
     ours.load_state_dict(ref.state_dict())
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)
@@ -44,7 +44,7 @@ def test_radix_weights_sum_to_one():
     # and an r-softmax (weights summing to 1 over the radix) must then return that split unchanged.
     c, r = 16, 2
     mod = SplitAttention(c, radix=r).eval()
-    randomize_bn(mod, conv_bias=True)
+    randomize_(mod)
     for t in (mod.conv.weight, mod.bn0.weight, mod.bn0.bias, mod.bn0.running_mean, mod.bn0.running_var):
         t.data[c:] = t.data[:c]
     x = torch.randn(2, c // r, 6, 6).repeat(1, r, 1, 1)
@@ -66,7 +66,7 @@ def test_bottleneck_matches_timm(in_ch, stride):
     ref = ResNestBottleneck(in_ch, planes, stride, down, radix=2, cardinality=1, base_width=64, avd=True,
                             avd_first=False, is_first=stride > 1)
     ours = ResNeStBottleneck(in_ch, 4 * planes, stride, mid_ch=planes, radix=2, groups=1)
-    randomize_bn(ref, conv_bias=True)
+    randomize_(ref)
     # timm conv1/bn1, conv3/bn3 -> our ConvNormAct units; conv2 (SplitAttn) keeps its names; downsample -> shortcut
     prefixes = {"conv1.": "conv1.conv.", "bn1.": "conv1.bn.", "conv3.": "conv3.conv.", "bn3.": "conv3.bn.",
                 "downsample.": "shortcut."}

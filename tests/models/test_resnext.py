@@ -7,7 +7,7 @@ from timm.models.resnet import Bottleneck as TimmBottleneck
 
 from cifarlab.models import count_macs, count_params, create
 from cifarlab.models.layers.bottleneck import Bottleneck
-from helpers import assert_size, randomize_bn, stage_output_shapes
+from helpers import assert_size, randomize_, stage_output_shapes
 
 
 def _timm_key(k: str) -> str:
@@ -27,7 +27,7 @@ def test_block_matches_timm_bottleneck(in_ch, stride, cardinality):
         down = nn.Sequential(nn.Conv2d(in_ch, 4 * planes, 1, stride, bias=False), nn.BatchNorm2d(4 * planes))
     ref = TimmBottleneck(in_ch, planes, stride, down, cardinality=cardinality, base_width=base_width)
     ours = Bottleneck(in_ch, 4 * planes, stride, mid_ch=width, groups=cardinality)
-    randomize_bn(ref)
+    randomize_(ref)
     ours.load_state_dict({_timm_key(k): v for k, v in ref.state_dict().items()})
     ref.eval(), ours.eval()
     x = torch.randn(2, in_ch, 8, 8)

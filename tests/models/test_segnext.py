@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.segnext import MultiScaleConvAttention, SpatialGatingBlock
-from helpers import assert_no_padding_only_taps, assert_size, randomise
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def msca_params(C: int, strips=(7, 11, 21), k0: int = 5) -> int:
@@ -32,7 +32,7 @@ def test_msca_kernel_shapes_and_params(C, strips):
 def test_msca_is_attention_times_input():
     """Att = Conv1x1(DW5(x) + sum_k DWkx1(DW1xk(DW5(x)))), Out = Att * x (strips applied to the 5x5 output)."""
     C, strips = 8, (3, 5, 7)
-    m = randomise(MultiScaleConvAttention(C, strips))
+    m = randomize_(MultiScaleConvAttention(C, strips))
     x = torch.randn(2, C, 10, 10)
     a0 = F.conv2d(x, m.conv0.weight, m.conv0.bias, padding=2, groups=C)
     att = a0
@@ -51,7 +51,7 @@ def test_msca_is_attention_times_input():
 def test_block_structure_and_residuals():
     """x + ls1 * (u + proj2(MSCA(GELU(proj1(u))))) with u = BN(x), then x + ls2 * MLP(BN(x))."""
     C = 16
-    block = randomise(SpatialGatingBlock(C, MultiScaleConvAttention(C, (3, 5, 7)), mlp_ratio=4))
+    block = randomize_(SpatialGatingBlock(C, MultiScaleConvAttention(C, (3, 5, 7)), mlp_ratio=4))
     x = torch.randn(2, C, 8, 8)
     u = block.norm1(x)
     a = block.attn

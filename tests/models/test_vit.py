@@ -9,9 +9,7 @@ import torch.nn as nn
 from cifarlab.models import count_params, create
 from cifarlab.models.layers.transformer import DropPath, TransformerBlock
 from cifarlab.models.vit import VisionTransformer
-from helpers import randomize_layer_norms
-
-timm_vit = pytest.importorskip("timm.models.vision_transformer")
+from helpers import assert_same_logits, randomize_
 
 
 @pytest.mark.parametrize("name, params", [("vit_mini_p4", 1_217_508), ("vit_s_p4", 10_730_212)])
@@ -31,11 +29,12 @@ def test_param_formula(dim, depth, pool):
 
 
 def test_block_matches_timm():
+    from timm.models import vision_transformer as timm_vit
+
     ours = TransformerBlock(128, num_heads=4).eval()
     ref = timm_vit.Block(128, num_heads=4, mlp_ratio=4.0, qkv_bias=True,
                          norm_layer=partial(nn.LayerNorm, eps=1e-6)).eval()
-    randomize_layer_norms(ref)
-    ours.load_state_dict(ref.state_dict())  # same key names: norm1, attn.qkv, attn.proj, norm2, mlp.fc1/fc2
+    ours.load_state_dict(randomize_(ref).state_dict())  # same key names: norm1, attn.qkv, attn.proj, norm2, mlp.fc1/fc2
     x = torch.randn(2, 65, 128)
     torch.testing.assert_close(ours(x), ref(x))
 
@@ -44,16 +43,16 @@ def test_block_matches_timm():
 def test_network_matches_timm(pool):
     # timm's 'avg' head normalises the pooled vector (fc_norm) unless fc_norm=False; ours
     # normalises the tokens and then pools, which is timm's fc_norm=False path.
+    from timm.models import vision_transformer as timm_vit
+
     kw = dict(dim=64, depth=2, num_heads=2, global_pool=pool)
     ours = VisionTransformer(**kw).eval()
     ref = timm_vit.VisionTransformer(
         img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, mlp_ratio=4.0, qkv_bias=True,
         num_classes=100, global_pool=pool, class_token=pool == "token", fc_norm=False,
     ).eval()
-    randomize_layer_norms(ref)
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(ours(x), ref(x))
+    ours.load_state_dict(randomize_(ref).state_dict())
+    assert_same_logits(ours, ref, torch.randn(2, 3, 32, 32))
 
 
 def test_tokens_and_position_embedding_shapes():
