@@ -136,10 +136,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .train.evaluate import evaluate_run
 
-    out = evaluate_run(Path(args.run_dir), split=args.split, use_ema=not args.no_ema)
-    print(json.dumps(out) if args.json else
-          f"{out['model']} on {out['dataset']} {out['split']} ({out['images']} images, epoch {out['epoch']}): "
-          f"top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}")
+    out = evaluate_run(Path(args.run_dir), split=args.split, use_ema=not args.no_ema, data=args.data)
+    per_image = ("test_labels", "test_predictions", "test_correct", "per_class_accuracy", "calibration")
+    print(json.dumps({k: v for k, v in out.items() if k not in per_image}) if args.json else
+          f"{out['model']} on {out['source_description']} {out['split']} ({out['images']} images, epoch "
+          f"{out['epoch']}): top-1 {out['top1']:.4f}  top-5 {out['top5']:.4f}  NLL {out['nll']:.4f}  "
+          f"ECE {out['ece']:.4f}  ({out['path']})")
     return 0
 
 
@@ -195,8 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a run's last checkpoint")
+    e = sub.add_parser("eval", help="evaluate a run's last checkpoint on its own or any other test set")
     e.add_argument("run_dir")
+    e.add_argument("--data", help="another source to evaluate on (any --data source of train, or one .parquet file "
+                                  "of test images); default: the run's own")
     e.add_argument("--split", default="test", choices=["test", "val", "train"])
     e.add_argument("--no-ema", action="store_true", help="use the raw weights even if the run kept an EMA")
     e.add_argument("--json", action="store_true")
@@ -230,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands defined next to their feature: each module has add_commands(subparsers).
     from .hub import add_commands as hub_commands
     from .report.commands import add_commands as report_commands
+    from .report.runs import add_commands as runs_commands
     from .studies.commands import add_commands as study_commands
 
-    for add in (study_commands, report_commands, hub_commands):
+    for add in (study_commands, report_commands, runs_commands, hub_commands):
         add(sub)
     return p
 

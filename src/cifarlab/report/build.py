@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import CifarlabError
 from ..io import atomic_open, read_json
 from . import figures as fg
+from .calibration import reliability_diagram
 from .gradcam import gradcam_figure
 from .records import Run, by_dataset, discover, load_run, load_runs
 from .summary import Row, Table, build_tables
@@ -84,6 +85,7 @@ def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
             "the records carry no per-superclass accuracy")
     add("per_class", fg.per_class_accuracy(focus, baseline, folder / "per_class"),
         "the records carry no per-class accuracy")
+    add("reliability", reliability_diagram(focus, folder / "reliability"), "the records carry no calibration bins")
     return figs
 
 

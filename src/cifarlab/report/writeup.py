@@ -21,6 +21,7 @@ from .. import CifarlabError
 from ..data.meta import DATASETS
 from ..models import get_entry
 from ..studies import stats
+from .calibration import other_test_sets
 from .figures import pareto_front, time_unit
 from .records import Run, Variant, experiment_config
 from .summary import Row, Table
@@ -329,7 +330,8 @@ def errors(section: Section, w: Writer) -> list[str]:
                        f"{', '.join(fmt(i) for i in order[:5])}; easiest {', '.join(fmt(i) for i in order[::-1][:5])}.")
             out.append("")
         for kind, alt in (("confusion", "confusion matrix"), ("superclass_confusion", "superclass confusion"),
-                          ("per_class", "per-class accuracy"), ("per_superclass", "per-superclass accuracy")):
+                          ("per_class", "per-class accuracy"), ("per_superclass", "per-superclass accuracy"),
+                          ("reliability", "reliability diagram")):
             if kind in figs.paths:
                 out += [w.image(figs.paths[kind], alt), ""]
         for kind, why in figs.missing.items():
@@ -386,7 +388,7 @@ def findings(section: Section, w: Writer) -> list[str]:
 
 def section_markdown(section: Section, w: Writer, heading_level: int) -> str:
     parts: list[str] = []
-    for block in (setup, methods, comparison, ablations, efficiency, errors, findings):
+    for block in (setup, methods, comparison, ablations, efficiency, errors, other_test_sets, findings):
         parts += block(section, w)
     if heading_level > 2:
         parts = [("#" * (heading_level - 2)) + p if p.startswith("#") else p for p in parts]

@@ -1,7 +1,10 @@
-"""Evaluate a run folder's latest intact checkpoint on a split."""
+"""Evaluate a run folder's latest intact checkpoint on a split of its own source or of any other."""
 
 from __future__ import annotations
 
+import math
+import re
+import time
 from pathlib import Path
 
 import torch
@@ -10,10 +13,12 @@ from safetensors.torch import load_model
 from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import DeviceLoader, load_data
-from ..io import read_json
+from ..data.meta import DATASETS
+from ..data.testset import load_test_set
+from ..io import read_json, write_json
 from ..models import create
 from .checkpoint import find_latest
-from .metrics import autocast_context, autocast_dtype, evaluate
+from .metrics import autocast_context, autocast_dtype, correctness_string, evaluate, per_class_accuracy
 
 
 def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.device = "cpu"):
@@ -32,16 +37,51 @@ def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.devi
     return cfg, model.to(device).eval(), epoch
 
 
-def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True) -> dict:
+def _training_normalisation(run_dir: Path, cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the run trained with: from its record, else from its own training data."""
+    result = run_dir / "result.json"
+    if result.is_file():
+        rec = read_json(result)
+        if isinstance(rec, dict) and len(rec.get("mean") or ()) == 3 and len(rec.get("std") or ()) == 3:
+            return tuple(rec["mean"]), tuple(rec["std"])
+    data = load_data(cfg.dataset, cfg.data)
+    return data.mean, data.std
+
+
+def eval_path(run_dir: Path, fingerprint: str, split: str) -> Path:
+    """``evals/<fingerprint>.json`` (``<fingerprint>-<split>.json`` for a split other than test)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", fingerprint) + ("" if split == "test" else f"-{split}")
+    return run_dir / "evals" / f"{name}.json"
+
+
+def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True, data: str | None = None) -> dict:
+    """Score a run's newest intact checkpoint on ``split`` of ``data`` (default: the source it trained on).
+
+    Writes the evaluation to ``evals/<fingerprint>.json`` in the run folder (never touching result.json):
+    top-1/top-5, NLL, expected calibration error with its bins, per-class accuracy, per-image correctness,
+    the source and its fingerprint. The images are normalised with the run's own training statistics.
+    Returns the evaluation plus ``path``, where it was written.
+    """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model, epoch = load_run_model(run_dir, use_ema, device)
-    data = load_data(cfg.dataset, cfg.data, val_split=cfg.val_split)
-    part = getattr(data, split)
-    if part is None:
-        raise CifarlabError(f"the run has no {split} split (trained with val_split={cfg.val_split})")
-    loader = DeviceLoader(part, cfg.eval_batch_size, data.mean, data.std, device, channels_last=cfg.channels_last)
+    test = load_test_set(cfg.dataset, data if data is not None else cfg.data, split, cfg.val_split)
+    mean, std = _training_normalisation(run_dir, cfg)
+    loader = DeviceLoader(test.images, cfg.eval_batch_size, mean, std, device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ev = evaluate(model, loader, autocast_context(device, autocast_dtype(cfg.precision, device)))
-    return {"model": cfg.model, "dataset": data.name, "split": split, "images": len(part), "epoch": epoch,
-            "top1": ev["top1"], "top5": ev["top5"], "loss": ev["loss"]}
+    preds, labels = ev["predictions"], ev["labels"]
+    classes = DATASETS[cfg.dataset].num_classes
+    out = {"model": cfg.model, "dataset": cfg.dataset, "split": split, "images": len(test.images), "epoch": epoch,
+           "weights": "ema" if use_ema and cfg.ema_decay else "model",
+           "source": test.source, "source_kind": test.kind, "source_description": test.description,
+           "fingerprint": test.fingerprint,
+           "top1": round(ev["top1"], 6), "top5": round(ev["top5"], 6), "nll": round(ev["loss"], 6),
+           "ece": round(ev["ece"], 6), "calibration": ev["calibration"],
+           "per_class_accuracy": [None if math.isnan(v) else v for v in per_class_accuracy(preds, labels, classes)],
+           "test_labels": labels.tolist(), "test_predictions": preds.tolist(),
+           "test_correct": correctness_string(preds, labels),
+           "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path = eval_path(run_dir, test.fingerprint, split)
+    write_json(path, out)
+    return {**out, "path": str(path)}

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 import cifarlab
 
+ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
+
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on a GPU unless ``precision`` is fp32; none on the CPU."""
@@ -30,10 +32,11 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callabl
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> dict:
-    """Top-1/top-5/loss over all batches plus the per-image predictions (kept on the device until the end)."""
+    """Top-1/top-5, loss (the mean negative log-likelihood, nats) and expected calibration error over all batches,
+    plus the per-image predictions and top-1 confidences (kept on the device until the end)."""
     was_training = model.training
     model.eval()
-    preds, labels, top5_hits, losses = [], [], [], []
+    preds, labels, top5_hits, losses, confidences = [], [], [], [], []
     for x, y in batches:
         with autocast():
             logits = model(x)
@@ -44,13 +47,41 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         preds.append(top[:, 0])
         top5_hits.append((top == y[:, None]).any(1))
         labels.append(y)
+        confidences.append(logits.softmax(1).amax(1))
     model.train(was_training)
     p, y, h5 = torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy(), torch.cat(top5_hits).cpu().numpy()
+    conf = torch.cat(confidences).cpu().numpy()
     n = len(y)
+    loss = float(torch.stack(losses).sum().item() / n)
+    ece, calibration = expected_calibration_error(conf, p == y)
     return {
-        "top1": float((p == y).mean()), "top5": float(h5.mean()),
-        "loss": float(torch.stack(losses).sum().item() / n), "predictions": p, "labels": y,
+        "top1": float((p == y).mean()), "top5": float(h5.mean()), "loss": loss, "ece": ece,
+        "calibration": calibration, "predictions": p, "labels": y, "confidences": conf,
     }
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> tuple[float, dict]:
+    """Expected calibration error (Naeini et al. 2015; Guo et al., "On Calibration of Modern Neural Networks", 2017).
+
+    The images are put into ``bins`` equal-width bins of their top-1 softmax confidence over [0, 1]
+    (bin b holds (b/bins, (b+1)/bins], the first also 0); ECE = sum over bins of
+    (images in the bin / all images) * |accuracy in the bin - mean confidence in the bin|.
+    Returns the ECE and the per-bin counts, accuracies and mean confidences (None for empty bins),
+    from which a reliability diagram is drawn.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    acc_sum = np.bincount(which, weights=correct, minlength=bins)
+    conf_sum = np.bincount(which, weights=confidence, minlength=bins)
+    filled = count > 0
+    acc = np.divide(acc_sum, count, out=np.zeros(bins), where=filled)
+    conf = np.divide(conf_sum, count, out=np.zeros(bins), where=filled)
+    ece = float(np.sum(count / max(len(confidence), 1) * np.abs(acc - conf)))
+    return ece, {"bins": bins, "count": count.tolist(),
+                 "accuracy": [round(float(a), 6) if f else None for a, f in zip(acc, filled)],
+                 "confidence": [round(float(c), 6) if f else None for c, f in zip(conf, filled)]}
 
 
 def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:

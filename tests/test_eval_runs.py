@@ -1,0 +1,185 @@
+"""`cifarlab runs` (status from the records), `cifarlab eval RUN --data` on other test sets with NLL and ECE,
+and the report's evaluations table and reliability diagram."""
+
+import json
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+
+from cifarlab import cli
+from cifarlab.config import build_config
+from cifarlab.data.meta import CIFAR10_CLASSES, CIFAR100_FINE, DATASETS
+from cifarlab.data.synthetic import synthetic_arrays
+from cifarlab.io import read_json, write_json
+from cifarlab.report.build import ReportOptions, build_report
+from cifarlab.report.runs import list_runs
+from cifarlab.train import fit
+from cifarlab.train.evaluate import evaluate_run
+from cifarlab.train.metrics import expected_calibration_error
+
+# ResNet-8 on 100 synthetic images, 2 steps of 50, one epoch: a few seconds on a CPU
+TINY = {"model": "resnet20", "model_kwargs": {"depth": 8}, "data": "synthetic:100:100", "batch_size": 50,
+        "lr": 0.1, "warmup_epochs": 0, "epochs": 1}
+OTHER = "synthetic:100:60:7"  # other images (another seed), the same 100 classes
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.MonkeyPatch.context() as mp:  # module fixtures run before conftest's per-test isolation
+        mp.setenv("CIFARLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cifarlab-cache"))
+        fit(build_config(TINY), run, progress=False)
+    return run
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    """A private copy of the trained run (tests write evals/ into it)."""
+    return Path(shutil.copytree(trained, tmp_path / "runs" / "tiny"))
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_expected_calibration_error_by_hand():
+    # 15 bins of width 1/15: 0.05 -> bin 0, 0.5 -> bin 7, 0.99 and 1.0 -> bin 14
+    conf = np.array([0.05, 0.5, 0.5, 0.99, 1.0])
+    correct = np.array([0, 1, 0, 1, 1])
+    ece, bins = expected_calibration_error(conf, correct)
+    assert bins["count"][0] == 1 and bins["count"][7] == 2 and bins["count"][14] == 2 and sum(bins["count"]) == 5
+    want = (1 * abs(0 - 0.05) + 2 * abs(0.5 - 0.5) + 2 * abs(1 - 0.995)) / 5
+    assert ece == pytest.approx(want)
+    assert bins["accuracy"][7] == 0.5 and bins["confidence"][14] == pytest.approx(0.995) and bins["accuracy"][3] is None
+    # a confidence on a bin edge belongs to the lower bin: (b/15, (b+1)/15]
+    assert expected_calibration_error(np.array([1 / 15]), np.array([1]))[1]["count"][0] == 1
+
+
+# ---------------------------------------------------------------- evaluation on other test sets
+
+
+def _parquet(path: Path, images: np.ndarray, labels: np.ndarray, names=CIFAR100_FINE) -> Path:
+    feats = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=list(names))})
+    datasets.Dataset.from_dict({"img": list(images), "fine_label": labels}, features=feats).to_parquet(str(path))
+    return path
+
+
+def test_eval_on_another_synthetic_source_and_on_a_parquet_file_of_the_same_images(run, tmp_path, capsys):
+    assert cli.main(["eval", str(run), "--data", OTHER]) == 0
+    line = capsys.readouterr().out
+    assert "seed 7" in line and "ECE" in line and "NLL" in line
+    other = read_json(run / "evals" / "synthetic-v2-cifar100-100-60-7.json")
+    assert other["images"] == 60 and other["source"] == OTHER and other["split"] == "test"
+    assert len(other["test_correct"]) == 60
+    assert other["top1"] == pytest.approx(other["test_correct"].count("1") / 60, abs=1e-6)
+    assert sum(other["calibration"]["count"]) == 60 and len(other["per_class_accuracy"]) == 100
+
+    x, y = synthetic_arrays(DATASETS["cifar100"], 60, 7, 1)  # the test split of OTHER, written as one parquet file
+    path = _parquet(tmp_path / "other-test.parquet", x, y)
+    assert cli.main(["eval", str(run), "--data", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source_kind"] == "parquet-file" and out["images"] == 60
+    from_file = read_json(Path(out["path"]))
+    assert from_file["test_correct"] == other["test_correct"], "the same images give the same per-image answers"
+    assert from_file["nll"] == pytest.approx(other["nll"], abs=1e-5)
+    assert from_file["fingerprint"] != other["fingerprint"]
+    assert sorted(p.name for p in (run / "evals").iterdir()) == sorted(
+        [f"{from_file['fingerprint']}.json", "synthetic-v2-cifar100-100-60-7.json"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("ten_classes", "has 10 classes; the run was trained on the 100 classes of cifar100"),
+    ("other_names", "class 3 is 'bee' where the run's cifar100 has 'bear'"),
+    ("empty", "holds no images"),
+    ("damaged", "not a readable parquet file"),
+])
+def test_eval_refuses_a_test_set_of_other_classes_or_an_unusable_file(run, tmp_path, capsys, case, message):
+    x, y = synthetic_arrays(DATASETS["cifar100"], 20, 1, 1)
+    path = tmp_path / f"{case}.parquet"
+    if case == "ten_classes":
+        _parquet(path, x, y % 10, CIFAR10_CLASSES)
+    elif case == "other_names":
+        names = list(CIFAR100_FINE)
+        names[3], names[6] = names[6], names[3]
+        _parquet(path, x, y, names)
+    elif case == "empty":
+        _parquet(path, x[:0], y[:0])
+    else:
+        path.write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--data", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("error:")
+    assert not (run / "evals").exists()
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_report_shows_other_test_sets_beside_the_own_and_a_reliability_diagram(run, tmp_path):
+    evaluate_run(run, data=OTHER)
+    report, _ = build_report(ReportOptions(paths=[run], out=tmp_path / "report"))
+    text = report.read_text()
+    table = text[text.index("## Other test sets"):]
+    own, other = [ln for ln in table.splitlines() if ln.startswith("| tiny")][:2]
+    rec, ev = read_json(run / "result.json"), read_json(run / "evals" / "synthetic-v2-cifar100-100-60-7.json")
+    assert "own test split (synthetic:100:100)" in own and f"{100 * rec['top1']:.2f}" in own
+    assert "seed 7" in other and f"{100 * ev['top1']:.2f}" in other and f"{ev['nll']:.4f}" in other
+    assert "evals/synthetic-v2-cifar100-100-60-7.json" in other
+    figure = next((tmp_path / "report" / "figures").rglob("reliability.png"))
+    assert figure.stat().st_size > 1000 and "reliability.png" in text
+
+
+# ---------------------------------------------------------------- runs listing
+
+
+def _interrupted(src: Path, dst: Path, epochs_done: int, error: str | None = None) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("result.json", "checkpoints", "evals"))
+    cfg = read_json(dst / "config.json")
+    write_json(dst / "config.json", {**cfg, "epochs": 10, "model": "eca_resnet20"})
+    for e in range(1, epochs_done + 1):
+        (dst / "checkpoints" / f"epoch-{e:04d}").mkdir(parents=True)
+    (dst / "checkpoints" / ".epoch-0009.tmp").mkdir()  # a torn write is no checkpoint
+    if error:
+        write_json(dst / "error.json", {"error": error, "epoch": epochs_done + 1, "step": 2})
+    return dst
+
+
+def test_runs_lists_status_from_the_records_and_filters_and_sorts(trained, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(trained, root / "loose")
+    study = root / "eca" / "resnet8" / "seed0"
+    shutil.copytree(trained, study)
+    rec = read_json(study / "result.json")
+    write_json(study / "result.json", {**rec, "top1": rec["top1"] + 0.5})
+    _interrupted(trained, root / "eca" / "eca8" / "seed1", 3)
+    _interrupted(trained, root / "eca" / "eca8" / "seed2", 4, "non-finite loss or gradient at epoch 5, step 2 of 2")
+    (root / "hub-save").mkdir()
+    write_json(root / "hub-save" / "config.json", {"model": "resnet20", "num_classes": 100})  # not a training run
+    (root / "broken").mkdir()
+    write_json(root / "broken" / "config.json", {**read_json(trained / "config.json")})
+    (root / "broken" / "result.json").write_text("{not json")
+
+    rows = {r.path: r for r in list_runs([root])}
+    assert set(rows) == {"loose", "eca/resnet8/seed0", "eca/eca8/seed1", "eca/eca8/seed2", "broken"}
+    assert rows["loose"].status == "done" and rows["loose"].top1 == rec["top1"] and rows["loose"].study is None
+    assert (rows["eca/resnet8/seed0"].study, rows["eca/resnet8/seed0"].variant) == ("eca", "resnet8")
+    assert rows["eca/eca8/seed1"].status == "interrupted" and rows["eca/eca8/seed1"].detail == "at epoch 3 of 10"
+    assert rows["eca/eca8/seed2"].status == "failed" and rows["eca/eca8/seed2"].detail.startswith("non-finite loss")
+    assert rows["broken"].status == "failed" and "unreadable result.json" in rows["broken"].detail
+    assert rows["loose"].train_seconds == rec["train_seconds"] and rows["loose"].images_per_second > 0
+
+    assert [r.path for r in list_runs([root], sort="top1")][:2] == ["eca/resnet8/seed0", "loose"]
+    assert [r.path for r in list_runs([root], model="eca*")] == ["eca/eca8/seed1", "eca/eca8/seed2"]
+    assert [r.path for r in list_runs([root], status="interrupted")] == ["eca/eca8/seed1"]
+
+    assert cli.main(["runs", str(root), "--model", "eca*", "--status", "failed"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "failed: non-finite loss" in out[1] and "eca/eca8" in out[1] and "4/10" in out[1]
+    assert cli.main(["runs", str(root / "eca"), "--json", "--sort", "top1"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in listed] == ["done", "interrupted", "failed"]
+    assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
