@@ -35,6 +35,8 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--ema-decay": ("ema_decay", float, None),
     "--precision": ("precision", str, "auto, bf16 or fp32"),
     "--cuda-graph": ("cuda_graph", str, "auto, on or off: replay the training step as one CUDA graph"),
+    "--report-to": ("report_to", str, "experiment trackers, comma-separated: tensorboard (default), mlflow, wandb; "
+                                      "or none (docs/tracking.md)"),
 }
 
 

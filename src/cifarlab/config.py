@@ -36,6 +36,9 @@ class AugmentConfig(BaseModel):
                                                         "with mixup on too, each batch uses one of them (50/50)")
 
 
+DEFAULT_TRACKERS = ("tensorboard",)
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
@@ -79,6 +82,19 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="evaluate the test (and val) split every N epochs; the last epoch always")
     keep_checkpoints: int = Field(2, ge=1)
     nan_check_every: int = Field(50, ge=1, description="steps between host checks of the device-side non-finite flag")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: list(DEFAULT_TRACKERS), exclude_if=lambda v: v == list(DEFAULT_TRACKERS),
+        description="experiment trackers, through accelerate (docs/tracking.md); a comma-separated string is "
+                    "accepted, 'none' = no tracker. Left out of config.json while it is the default, so runs "
+                    "recorded before this field existed keep their config")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        """``tensorboard,mlflow`` (the command line) or ``none``; each tracker once, in the given order."""
+        if isinstance(v, str):
+            v = [] if v.strip().lower() == "none" else [p.strip() for p in v.split(",") if p.strip()]
+        return list(dict.fromkeys(v)) if isinstance(v, list) and all(isinstance(p, str) for p in v) else v
 
     @field_validator("cuda_graph", mode="before")
     @classmethod

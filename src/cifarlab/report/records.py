@@ -28,7 +28,7 @@ REQUIRED_KEYS = ("model", "dataset", "dataset_fingerprint", "top1", "top5", "par
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
 # Config fields that change how a run executes, not what it measures: runs differing only here are seeds of one variant.
 EXECUTION_FIELDS = frozenset({"seed", "eval_batch_size", "eval_every", "keep_checkpoints", "nan_check_every",
-                              "compile", "channels_last", "deterministic"})
+                              "compile", "channels_last", "deterministic", "report_to"})
 
 
 @dataclass

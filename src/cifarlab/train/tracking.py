@@ -1,0 +1,162 @@
+"""Experiment trackers through accelerate's tracker integration: TensorBoard, MLflow, Weights & Biases.
+
+``cfg.report_to`` names them. ``fit`` calls four functions of this module:
+
+- :func:`tracker_names` before anything else: the trackers to hand to ``Accelerator(log_with=...)``; a
+  requested tracker whose package is missing is refused with the line that installs it.
+- :func:`start_tracking` once the run folder exists: ``init_trackers`` with the flattened config as params;
+  the tracker run ids go to ``trackers.json`` in the run folder, and ``--resume`` passes them back
+  (MLflow ``run_id``, W&B ``id`` with ``resume="allow"``), so a resumed run continues the same tracker run.
+  Epochs that were checkpointed but not yet logged when the run was stopped are logged then, from
+  ``metrics.jsonl``.
+- :func:`log_epoch` after each epoch's checkpoint: the metrics row with ``step=epoch``; ``trackers.json``
+  remembers the last logged epoch, so a resumed run repeats no step.
+- :func:`finish_tracking` at the end: result.json's scalar fields as summary metrics, and result.json,
+  config.json and metrics.jsonl as artifacts (MLflow artifacts, W&B run files; TensorBoard keeps scalars only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from .. import CifarlabError
+from ..config import TrainConfig
+from ..io import read_json, write_json
+
+PROJECT = "cifarlab"  # the MLflow experiment and W&B project, unless $CIFARLAB_PROJECT names another
+STATE_FILE = "trackers.json"
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "val_top1", "val_top5", "selected_epoch", "params", "macs",
+                "train_seconds", "train_step_seconds", "images_per_second")
+ARTIFACTS = ("result.json", "config.json", "metrics.jsonl")
+
+
+def _check_mlflow_store() -> None:
+    """MLflow's default store is sqlite, which mlflow-skinny cannot open: say so before training starts."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
+        raise CifarlabError(f"MLflow's tracking store {uri} needs the full mlflow package (pip install mlflow); "
+                            f"or set MLFLOW_TRACKING_URI to a tracking server (see docs/tracking.md)")
+
+
+def tracker_names(cfg: TrainConfig) -> list[str]:
+    """``cfg.report_to`` as accelerate's ``log_with``: a missing package is an error naming its install line,
+    except for TensorBoard left at the default, which is skipped (it is an optional extra)."""
+    names = []
+    for name in cfg.report_to:
+        if importlib.util.find_spec(PACKAGES[name]) is None:
+            if name == "tensorboard" and "report_to" not in cfg.model_fields_set:
+                continue
+            raise CifarlabError(f"report_to {name}: the {PACKAGES[name]} package is not installed; "
+                                f"pip install 'cifarlab[{name}]'")
+        names.append(name)
+    if "mlflow" in names:
+        _check_mlflow_store()
+    return names
+
+
+def flat_params(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as tracker params: nested groups as ``augment.cutout``; lists, dicts and None as text."""
+    out: dict[str, Any] = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and v and k != "model_kwargs":
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+
+    walk(cfg.model_dump(mode="json"), "")
+    return out
+
+
+def _state(root: Path) -> dict[str, Any]:
+    path = root / STATE_FILE
+    try:
+        state = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):
+        state = {}
+    return state if isinstance(state, dict) else {}
+
+
+def _metric_rows(root: Path) -> list[dict]:
+    rows = []
+    path = root / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    return rows
+
+
+def _log(accelerator: Accelerator, row: dict) -> None:
+    accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def start_tracking(accelerator: Accelerator, cfg: TrainConfig, root: Path, resumed_epoch: int = 0) -> None:
+    """Start (or, after ``resumed_epoch`` > 0, continue) the tracker runs of the run in ``root``."""
+    if not accelerator.log_with:
+        return
+    state = _state(root) if resumed_epoch else {}
+    names = [str(t) for t in accelerator.log_with]
+    init: dict[str, dict] = {}
+    if "mlflow" in names:
+        init["mlflow"] = {"run_name": root.name, **({"run_id": state["mlflow"]} if state.get("mlflow") else {})}
+    if "wandb" in names:
+        init["wandb"] = {"name": root.name, **({"id": state["wandb"], "resume": "allow"} if state.get("wandb") else {})}
+    accelerator.init_trackers(os.environ.get("CIFARLAB_PROJECT", PROJECT), config=flat_params(cfg), init_kwargs=init)
+    if not accelerator.is_main_process:
+        return
+    if "mlflow" in names:
+        state["mlflow"] = accelerator.get_tracker("mlflow", unwrap=True).info.run_id
+    if "wandb" in names:
+        state["wandb"] = accelerator.get_tracker("wandb", unwrap=True).id
+    logged = int(state.get("logged_epoch", 0)) if resumed_epoch else 0
+    for row in _metric_rows(root):
+        if logged < row.get("epoch", 0) <= resumed_epoch:
+            _log(accelerator, row)
+            logged = row["epoch"]
+    write_json(root / STATE_FILE, {**state, "logged_epoch": logged})
+
+
+def log_epoch(accelerator: Accelerator, root: Path, row: dict) -> None:
+    """Log one epoch's metrics row (after its checkpoint) and remember that it was logged."""
+    if not accelerator.log_with or not accelerator.is_main_process:
+        return
+    _log(accelerator, row)
+    write_json(root / STATE_FILE, {**_state(root), "logged_epoch": int(row["epoch"])})
+
+
+def summary_metrics(result: dict) -> dict[str, float]:
+    return {k: result[k] for k in SUMMARY_KEYS
+            if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
+
+
+def finish_tracking(accelerator: Accelerator, root: Path, result: dict) -> None:
+    """The run record's scalar fields as summary metrics, its files as artifacts where the tracker keeps files."""
+    if not accelerator.log_with or not accelerator.is_main_process:
+        return
+    summary = summary_metrics(result)
+    files = [root / name for name in ARTIFACTS if (root / name).is_file()]
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log({f"result/{k}": v for k, v in summary.items()}, step=int(result["epochs"]))
+        elif tracker.name == "mlflow":
+            import mlflow
+
+            mlflow.log_metrics(summary)
+            for f in files:
+                mlflow.log_artifact(str(f))
+        elif tracker.name == "wandb":
+            tracker.tracker.summary.update(summary)
+            for f in files:
+                tracker.tracker.save(str(f), base_path=str(root), policy="now")
