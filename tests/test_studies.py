@@ -165,6 +165,9 @@ def test_study_runs_stops_half_way_resumes_and_tabulates(tmp_path, monkeypatch, 
     assert "2 done, 1 interrupted, 1 todo" in plan
     assert "2 runs from epoch times of finished runs of the same model" in plan
     assert "1/2" in plan, "the interrupted run has one epoch left"
+    # what the design can detect: the seed SD of the baseline's 2 finished runs; 2 seeds cannot carry a claim
+    assert "pooled over 2 runs of 1 variant)" in plan and "2 seeds per side: no gain can be claimed" in plan
+    assert "a difference of 0.50 pt needs" in plan
 
     done = [s.run_dir / "result.json" for s in states[:2]]
     mtimes = [p.stat().st_mtime_ns for p in done]

@@ -159,7 +159,7 @@ def delta_forest(table: Table, stem: Path) -> list[Path] | None:
         ax.axvline(0, color="black", lw=0.8)
         ax.set_yticks(y, [f"{r.name} vs {r.comparison.baseline}" for r in rows])
         ax.set_ylim(-0.6, len(rows) - 0.4)
-        ax.set_xlabel("Top-1 difference to the baseline (percentage points), 95 % bootstrap CI")
+        ax.set_xlabel("Top-1 difference to the baseline (percentage points), 95 % CI")
         ax.grid(axis="y", visible=False)
         ax.set_title(f"Difference to baseline — {table.title}")
         fig.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLORS.items()],

@@ -1,9 +1,10 @@
 """Per-variant summaries (mean ± std over seeds, costs) and each variant's comparison with its baseline.
 
-The statistics themselves — mean ± std over seeds and the hierarchical-bootstrap CI on
-the top-1 difference against a baseline, with the rule for when a gain is real — come
-from :mod:`cifarlab.studies.stats`; this module only decides who is compared with whom
-and collects the numbers a table, a figure or a sentence needs.
+The statistics themselves — mean ± std over seeds, the CI on the top-1 difference against a
+baseline with the rule for when a gain is real, and the smallest difference the seeds can
+detect — come from :mod:`cifarlab.studies.stats` (through :mod:`cifarlab.studies.table`); this
+module only decides who is compared with whom and collects the numbers a table, a figure or
+a sentence needs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from statistics import mean, stdev
 
 from ..io import read_json
 from ..studies import stats
+from ..studies.runner import RunRecord
+from ..studies.table import summary_table
 from .records import Run, Variant, group_variants
 
 TIER_ORDER = {"small": 0, "standard": 1}
@@ -37,6 +40,7 @@ class Comparison:
     real: bool  # the stats module's verdict: >= 3 seeds per side and a CI that excludes zero
     n_baseline: int
     n_variant: int
+    detectable: str = ""  # what this many seeds can detect (the stats module's phrase)
 
     @property
     def verdict(self) -> str:
@@ -154,23 +158,23 @@ def assign_baselines(variants: list[Variant], requested: list[str]) -> dict[str,
 
 
 def _comparison(row: dict, n_baseline: int) -> Comparison | None:
-    if row["delta_top1"] is None:
+    if row["ci_low"] is None:  # no comparison, or a side with a single seed: no interval
         return None
     real = bool(row["gain"]) or bool(row.get("loss"))
     return Comparison(row["baseline"], row["delta_top1"], row["ci_low"], row["ci_high"], real, n_baseline,
-                      row["n_seeds"])
+                      row["n_seeds"], row["detectable"])
 
 
 def build_tables(runs: list[Run], requested_baselines: list[str] | None = None) -> list[Table]:
     """One table per study (loose runs together) for runs on a single dataset; the statistics of each table
-    (mean ± std, Δ with its CI and the verdict) come from :func:`cifarlab.studies.stats.summary_table`."""
+    (mean ± std, Δ with its CI and the verdict) come from :func:`cifarlab.studies.table.summary_table`."""
     variants = group_variants(runs)
     tables = []
     for study in sorted({v.study for v in variants}, key=lambda s: (s is None, s or "")):
         members = [v for v in variants if v.study == study]
         baselines = assign_baselines(members, requested_baselines or [])
-        records = {v.name: [stats.RunRecord(v.name, r.seed, r.root, r.record) for r in v.runs] for v in members}
-        stat_rows = stats.summary_table([{"name": v.name, "model": v.model, "baseline": baselines[v.name]}
+        records = {v.name: [RunRecord(v.name, r.seed, r.root, r.record) for r in v.runs] for v in members}
+        stat_rows = summary_table([{"name": v.name, "model": v.model, "baseline": baselines[v.name]}
                                          for v in members], records)
         by_name = {v.name: v for v in members}
         rows = []

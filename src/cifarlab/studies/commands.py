@@ -10,9 +10,10 @@ from typing import Any
 import yaml
 
 from .. import CifarlabError
-from .runner import plan_lines, run_study, study_records
+from . import stats
+from .runner import plan_lines, records_in, run_study, study_records
 from .spec import Study, load_study, parse_shard
-from .stats import format_table, records_in, summary_table
+from .table import format_table, summary_table
 
 
 def _set_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -40,8 +41,18 @@ def _study(args: argparse.Namespace) -> Study:
     return load_study(args.file, _set_overrides(args.set)).select(patterns)
 
 
+def _target(args: argparse.Namespace) -> float:
+    """``--detect`` (points of top-1) as a fraction."""
+    if not args.detect > 0:
+        raise CifarlabError(f"--detect must be a positive difference in points of top-1, got {args.detect}")
+    return args.detect / 100
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    lines, ok = plan_lines(_study(args), args.out, parse_shard(args.shard))
+    study = _study(args)
+    lines, ok = plan_lines(study, args.out, parse_shard(args.shard))
+    spread = stats.seed_spread([r.result["top1"] for r in recs] for recs in study_records(study, args.out).values())
+    lines += ["", *stats.design_lines(len(study.seeds), spread.sd, spread.source, _target(args))]
     print("\n".join(lines))
     return 0 if ok else 1
 
@@ -57,11 +68,12 @@ def cmd_table(args: argparse.Namespace) -> int:
         if args.variants or args.set:
             raise CifarlabError("--variants and --set need a study file, not a folder")
         variants, records = records_in(path)
-        title = f"study folder {path}"
+        title, n_seeds = f"study folder {path}", None
     else:
         study = _study(args)
         variants, records = study.describe()["variants"], study_records(study, args.out)
         title = f"study {study.name} ({study.source}), runs under {Path(args.out) / study.name}"
+        n_seeds = len(study.seeds)
     if args.baseline:
         names = [v["name"] for v in variants]
         if args.baseline not in names:
@@ -72,7 +84,8 @@ def cmd_table(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=1))
     else:
         done = sum(r["n_seeds"] for r in rows)
-        print(format_table(rows, f"{title}: {done} finished runs"))
+        n_seeds = n_seeds if n_seeds is not None else max((r["n_seeds"] for r in rows), default=0)
+        print(format_table(rows, f"{title}: {done} finished runs", n_seeds, _target(args)))
     return 0
 
 
@@ -89,9 +102,16 @@ def add_commands(sub) -> None:
                        help="comma-separated shell patterns of variant names, e.g. 'resnet20*,eca_resnet20*' "
                             "(their baselines are included)")
 
-    p = ss.add_parser("plan", help="list the runs, which are done, and the device time left")
+    def detect(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--detect", type=float, default=100 * stats.TARGET_DIFFERENCE, metavar="PP",
+                       help="difference of top-1 (points) to size the design for: the seeds it needs at "
+                            f"{100 * stats.POWER:.0f}%% power (default {100 * stats.TARGET_DIFFERENCE:g})")
+
+    p = ss.add_parser("plan", help="list the runs, which are done, the device time left, and what the seeds can "
+                                   "detect")
     common(p, "study YAML file")
     p.add_argument("--shard", default="0/1", metavar="I/N", help="only shard I of N (0-based)")
+    detect(p)
     p.set_defaults(func=cmd_plan)
 
     r = ss.add_parser("run", help="run what is missing: skip finished runs, resume interrupted ones, record failures")
@@ -105,4 +125,5 @@ def add_commands(sub) -> None:
     common(t, "study YAML file, or a study folder <out>/<study>")
     t.add_argument("--baseline", help="compare every variant with this one instead of the file's baselines")
     t.add_argument("--json", action="store_true", help="print the rows as JSON")
+    detect(t)
     t.set_defaults(func=cmd_table)

@@ -22,12 +22,12 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any, Callable
 
+from .. import CifarlabError
 from ..data import load_data
 from ..data.sources import parse_synthetic
 from ..io import read_json, write_json
 from ..train import RunFiles, fit
 from .spec import Study, StudyRun, shard_runs
-from .stats import RunRecord
 
 # Only when no run of the study has finished yet: an assumed effective training rate, forward +
 # backward counted as 3x the forward MACs, for one current data-centre GPU in bf16. A rough guess;
@@ -36,6 +36,7 @@ NOMINAL_TRAIN_MACS_PER_SECOND = 4e12
 CIFAR_TRAIN_IMAGES = 50_000
 
 _CKPT = re.compile(r"^epoch-(\d{4,})$")
+_SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 @dataclass
@@ -89,6 +90,20 @@ def run_state(run: StudyRun, out: str | Path) -> RunState:
     return RunState(run, root, "todo")
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run of a study: its variant, seed, folder and ``result.json``."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    result: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.run_dir.parent.parent.name}/{self.variant}/seed{self.seed}"
+
+
 def study_records(study: Study, out: str | Path) -> dict[str, list[RunRecord]]:
     """Finished runs of ``study`` under ``out``, by variant; folders of a different config are left out."""
     records: dict[str, list[RunRecord]] = {}
@@ -98,6 +113,28 @@ def study_records(study: Study, out: str | Path) -> dict[str, list[RunRecord]]:
             records.setdefault(run.variant, []).append(
                 RunRecord(run.variant, run.seed, st.run_dir, read_json(RunFiles(st.run_dir).result)))
     return records
+
+
+def records_in(study_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, list[RunRecord]]]:
+    """Variants (from ``study.json`` when present, else the folders) and finished runs under ``<out>/<study>``."""
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise CifarlabError(f"{root} is not a folder")
+    records: dict[str, list[RunRecord]] = {}
+    for res in sorted(root.glob("*/seed*/result.json")):
+        m = _SEED_DIR.match(res.parent.name)
+        if m:
+            variant = res.parent.parent.name
+            records.setdefault(variant, []).append(RunRecord(variant, int(m.group(1)), res.parent, read_json(res)))
+    meta = root / "study.json"
+    variants = [dict(v) for v in read_json(meta)["variants"]] if meta.is_file() else []
+    known = {v["name"] for v in variants}
+    for name, recs in records.items():
+        if name not in known:
+            variants.append({"name": name, "model": recs[0].result["model"], "baseline": None})
+    if not variants:
+        raise CifarlabError(f"{root} holds no study (no study.json and no <variant>/seed<k>/result.json)")
+    return variants, records
 
 
 # ---- device-time estimate ----

@@ -1,132 +1,167 @@
-"""Study statistics: mean +- std over seeds, and a hierarchical bootstrap CI on the difference to the baseline.
+"""Study statistics: the difference of mean top-1 between a variant and its baseline, its CI, and what a
+design of n seeds per side can detect. numpy and the standard library only.
 
-Two sources of noise separate a variant's test accuracy from its "true" value:
-the training seed (initialisation, data order, augmentation) and the finite test
-set. :func:`bootstrap_differences` resamples both: in each replicate it draws
-seeds with replacement, separately for the variant and its baseline, and one
-resample of the test images shared by both sides (the comparison is paired on
-images, through the per-image correctness each run records in ``test_correct``).
-The replicate's difference is mean accuracy (variant) - mean accuracy (baseline)
-over the drawn seeds, on the drawn images. The 95 % interval is the 2.5 and 97.5
-percentiles of the replicates.
+Model. Run ``s`` of arm ``k`` (baseline A, variant B) gets test image ``j`` right with a probability that
+depends on the image, the arm and the run (initialisation, data order, augmentation); both arms are
+evaluated on the same ``m`` test images. A run's top-1 is the mean of its ``m`` outcomes. Two kinds of noise
+make the seeds of one arm differ: a run-level offset, and every image's own run-to-run noise.
 
-A gain is claimed only when both sides have >= 3 seeds and the interval excludes
-zero: with fewer seeds the seed resampling cannot see the seed-to-seed spread,
-and a difference that is only seed noise would look real.
+Estimate: ``Δ = mean_s top1(B, s) - mean_s top1(A, s)``.
+
+Test-set interval (the one the verdict uses). It is about ``θ_T``, the difference of the expected top-1
+(over seeds) on *this* test set. Given the images, the runs of an arm are independent and identically
+distributed, so the seed-to-seed variance of its top-1 already holds each run's per-image noise:
+``Var(Δ) = s_A²/n_A + s_B²/n_B``, and ``Δ/SE`` follows Welch's t with the Welch-Satterthwaite degrees of
+freedom (Welch 1947). Resampling the test images on top of the seeds (a hierarchical bootstrap) counts
+the per-image noise a second time, which made the former interval 1.4x too wide.
+
+Population interval. It is about ``θ``, the difference over the population of images the test set is a
+sample of, and adds ``Var(θ_T) = τ²/m``, ``τ²`` the variance over images of the per-image difference.
+The per-image differences averaged over seeds, ``dbar_j``, spread over images by ``τ²`` plus each image's
+run-to-run noise, which the seeds estimate per image (``v_kj / n_k``, ``v_kj`` the variance over seeds of
+image ``j``'s correctness). Subtracting it keeps that noise from being counted twice (method of moments,
+as in a two-level random-effects model): ``τ̂² = (m-1)/m S²(dbar) - mean_j(v_Aj/n_A + v_Bj/n_B) + SE²``,
+the last term because a run-level offset moves all images together and leaves ``S²(dbar)``. Degrees of
+freedom by Satterthwaite (1946). Both intervals need >= 2 seeds per side.
+
+Small seed counts take t quantiles, never normal ones: 3 seeds per side give about 4 degrees of
+freedom, t = 2.78 where the normal quantile is 1.96.
+
+What a design can detect: the minimum detectable difference at 80 % power of the two-sided 5 % test,
+``MDE = (t(1 - α/2, ν) + t(power, ν)) σ sqrt(1/n_A + 1/n_B)`` with the Welch degrees of freedom ``ν`` of
+equal seed SDs ``σ`` (the usual t approximation of the noncentral-t power; within 1.2 % of it from 3 seeds
+per side up). ``σ`` is pooled over the finished runs of a study, or a stated prior before any finishes.
+
+A gain is claimed only when both sides have >= 3 seeds and the test-set CI lies above zero ("worse":
+below zero). ``benchmarks/stats_coverage.py`` checks the coverage of both intervals by simulation.
 """
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass
-from pathlib import Path
-from statistics import mean, stdev
-from typing import Any
+from statistics import NormalDist
+from typing import Iterable, Sequence
 
 import numpy as np
 
-from .. import CifarlabError
-from ..io import read_json
-
 MIN_SEEDS_FOR_A_CLAIM = 3
-N_BOOT = 2000
 CI_LEVEL = 0.95
+POWER = 0.80
+# Seed-to-seed SD of a CIFAR ResNet's top-1 on CIFAR-100 (about 0.6 points), the prior before a run finishes.
+PRIOR_SEED_SD = 0.006
+TARGET_DIFFERENCE = 0.005  # the default difference a plan is sized for (0.5 points of top-1)
+
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
+_LGAMMA = np.vectorize(math.lgamma, otypes=[float])
+
+
+def _t_log_norm(df: np.ndarray) -> np.ndarray:
+    """log of the normalising constant of Student's t density."""
+    return _LGAMMA((df + 1) / 2) - _LGAMMA(df / 2) - 0.5 * np.log(df * math.pi)
+
+
+def _t_pdf(x: np.ndarray, df: np.ndarray, log_norm: np.ndarray) -> np.ndarray:
+    return np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
+
+
+def t_quantile(p: float, df: float | np.ndarray) -> float | np.ndarray:
+    """Quantile of Student's t at probability ``p`` (0.5 < p < 1) for real ``df`` >= 1, elementwise.
+
+    The CDF is 1/2 plus the density integrated over [0, x] (64-point Gauss-Legendre); Newton's method on
+    log(x) starts from the normal quantile, which is always below the t quantile. Beyond 10^7 degrees of
+    freedom: the normal quantile.
+    """
+    if not 0.5 < p < 1:
+        raise ValueError(f"t_quantile needs 0.5 < p < 1, got {p}")
+    df_arr = np.asarray(df, dtype=float)
+    if np.any(~(df_arr >= 1)):
+        raise ValueError("t_quantile needs degrees of freedom >= 1")
+    z = NormalDist().inv_cdf(p)
+    x = np.full(df_arr.shape, z)
+    finite = df_arr < 1e7
+    if finite.any():
+        d = df_arr[finite]
+        c, dn = _t_log_norm(d), d[:, None]
+        y = np.full(d.shape, math.log(z))
+        for _ in range(60):
+            t = np.exp(y)
+            cdf = 0.5 + t / 2 * (_t_pdf(t[:, None] / 2 * (1 + _GL_NODES), dn, c[:, None]) @ _GL_WEIGHTS)
+            step = (cdf - p) / (_t_pdf(t, d, c) * t)
+            y -= step
+            if np.abs(step).max() < 1e-12:
+                break
+        x[finite] = np.exp(y)
+    return float(x) if np.ndim(df) == 0 else x
+
+
+def welch_df(var_a: np.ndarray, n_a: int, var_b: np.ndarray, n_b: int) -> np.ndarray:
+    """Welch-Satterthwaite degrees of freedom of ``var_a/n_a + var_b/n_b`` (>= 1)."""
+    a, b = np.asarray(var_a, float) / n_a, np.asarray(var_b, float) / n_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        df = (a + b) ** 2 / (a * a / (n_a - 1) + b * b / (n_b - 1))
+    return np.where(np.isfinite(df), np.clip(df, min(n_a, n_b) - 1, n_a + n_b - 2), n_a + n_b - 2)
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    variant: str
-    seed: int
-    run_dir: Path
-    result: dict[str, Any]
+class DifferenceCI:
+    """Difference of mean top-1 (variant - baseline) and its CIs, as fractions; arrays for a batch of studies.
 
-    @property
-    def run_id(self) -> str:
-        return f"{self.run_dir.parent.parent.name}/{self.variant}/seed{self.seed}"
-
-
-def correctness(records: list[RunRecord]) -> np.ndarray:
-    """(seeds, test images) bool matrix from the runs' ``test_correct`` strings."""
-    rows = []
-    for r in records:
-        s = r.result.get("test_correct")
-        if not isinstance(s, str) or not s:
-            raise CifarlabError(f"{r.run_dir}/result.json has no per-image test correctness (test_correct)")
-        rows.append(np.frombuffer(s.encode(), dtype=np.uint8) == ord("1"))
-    if len({len(x) for x in rows}) > 1:
-        raise CifarlabError("runs were evaluated on test sets of different sizes: "
-                            + ", ".join(f"{r.run_id} ({len(x)})" for r, x in zip(records, rows)))
-    return np.stack(rows)
-
-
-def bootstrap_differences(baseline: np.ndarray, variant: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
-                          resample_seeds: bool = True, chunk: int = 250) -> np.ndarray:
-    """Replicates of mean accuracy (variant) - mean accuracy (baseline), hierarchical over seeds and images.
-
-    ``baseline`` and ``variant`` are (seeds, images) correctness matrices on the same
-    test images. ``resample_seeds=False`` resamples the images only (shown for
-    contrast: it treats the seeds at hand as all there is).
+    ``low``/``high``: about this test set (the verdict's); ``population_low``/``population_high``: about the
+    population of images the test set was drawn from. ``se``/``df`` and ``population_se``/``population_df``
+    are their standard errors and t degrees of freedom.
     """
-    if baseline.shape[1] != variant.shape[1]:
-        raise CifarlabError("baseline and variant were evaluated on different test sets")
-    rng = np.random.default_rng(seed)
-    n = baseline.shape[1]
-    a, b = baseline.astype(np.float32), variant.astype(np.float32)
-    out = []
-    for start in range(0, n_boot, chunk):
-        m = min(chunk, n_boot - start)
-        picks = rng.integers(0, n, (m, n))
-        counts = np.bincount((picks + np.arange(m)[:, None] * n).ravel(), minlength=m * n).reshape(m, n)
-        w = counts.astype(np.float32).T / n                      # (images, m): one image resample per replicate
-        acc_a, acc_b = a @ w, b @ w                               # (seeds, m): each seed's accuracy on it
-        cols = np.arange(m)
-        if resample_seeds:
-            sa = rng.integers(0, len(a), (len(a), m))
-            sb = rng.integers(0, len(b), (len(b), m))
-            out.append(acc_b[sb, cols].mean(0) - acc_a[sa, cols].mean(0))
-        else:
-            out.append(acc_b.mean(0) - acc_a.mean(0))
-    return np.concatenate(out)
+
+    delta: float | np.ndarray
+    se: float | np.ndarray
+    df: float | np.ndarray
+    low: float | np.ndarray
+    high: float | np.ndarray
+    population_se: float | np.ndarray
+    population_df: float | np.ndarray
+    population_low: float | np.ndarray
+    population_high: float | np.ndarray
 
 
-def difference_ci(baseline: np.ndarray, variant: np.ndarray, level: float = CI_LEVEL, n_boot: int = N_BOOT,
-                  seed: int = 0, resample_seeds: bool = True) -> tuple[float, float, float]:
-    """(observed difference of mean accuracies, CI low, CI high), as fractions."""
-    diffs = bootstrap_differences(baseline, variant, n_boot, seed, resample_seeds)
-    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
-    return float(variant.mean(1).mean() - baseline.mean(1).mean()), float(lo), float(hi)
+def difference_ci(baseline: np.ndarray, variant: np.ndarray, level: float = CI_LEVEL) -> DifferenceCI:
+    """CIs of mean top-1 (variant) - mean top-1 (baseline) from per-image correctness (see the module doc).
+
+    ``baseline`` and ``variant`` are ``(..., seeds, images)`` correctness arrays on the same test images, with
+    >= 2 seeds each; leading axes are a batch of independent studies (the coverage simulation).
+    """
+    a, b = np.asarray(baseline, dtype=np.float32), np.asarray(variant, dtype=np.float32)
+    (n_a, m), n_b = a.shape[-2:], b.shape[-2]
+    if b.shape[-1] != m:
+        raise ValueError(f"baseline and variant were evaluated on different test sets ({m} and {b.shape[-1]} images)")
+    if min(n_a, n_b) < 2:
+        raise ValueError("a CI needs >= 2 seeds on each side")
+    top1_a, top1_b = a.mean(-1, dtype=np.float64), b.mean(-1, dtype=np.float64)
+    var_a, var_b = top1_a.var(-1, ddof=1), top1_b.var(-1, ddof=1)
+    delta = top1_b.mean(-1) - top1_a.mean(-1)
+    se2 = var_a / n_a + var_b / n_b
+    df = welch_df(var_a, n_a, var_b, n_b)
+    # image level: per-image accuracy over seeds, and its run-to-run variance (0/1 outcomes: p (1 - p) n/(n-1))
+    p_a, p_b = a.mean(-2, dtype=np.float64), b.mean(-2, dtype=np.float64)
+    run_noise = (p_a * (1 - p_a) / (n_a - 1) + p_b * (1 - p_b) / (n_b - 1)).mean(-1)
+    tau2 = np.maximum((m - 1) / m * (p_b - p_a).var(-1, ddof=1) - run_noise + se2, 0.0)
+    pop_se2 = se2 + tau2 / m
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pop_df = pop_se2 ** 2 / ((var_a / n_a) ** 2 / (n_a - 1) + (var_b / n_b) ** 2 / (n_b - 1)
+                                 + (tau2 / m) ** 2 / (m - 1))
+    pop_df = np.where(np.isfinite(pop_df), pop_df, df)
+    q = (1 + level) / 2
+    half, pop_half = t_quantile(q, df) * np.sqrt(se2), t_quantile(q, pop_df) * np.sqrt(pop_se2)
+    out = dict(delta=delta, se=np.sqrt(se2), df=df, low=delta - half, high=delta + half,
+               population_se=np.sqrt(pop_se2), population_df=pop_df,
+               population_low=delta - pop_half, population_high=delta + pop_half)
+    if np.ndim(delta) == 0:
+        out = {k: float(v) for k, v in out.items()}
+    return DifferenceCI(**out)
 
 
-def check_same_data(records: list[RunRecord]) -> dict[str, Any]:
-    """The one (dataset, fingerprint, test size) every record shares; mixing them in one table is refused."""
-    groups: dict[tuple, list[RunRecord]] = {}
-    for r in records:
-        key = (r.result.get("dataset"), r.result.get("dataset_fingerprint"),
-               (r.result.get("split_sizes") or {}).get("test"))
-        groups.setdefault(key, []).append(r)
-    if len(groups) > 1:
-        parts = [f"{k[0]} (fingerprint {str(k[1])[:12]}, test {k[2]}): {len(v)} runs, e.g. {v[0].run_id}"
-                 for k, v in groups.items()]
-        raise CifarlabError("runs on different data cannot share one table: " + " | ".join(parts)
-                            + "; keep each dataset's runs in their own --out folder")
-    if not groups:
-        return {}
-    (dataset, fingerprint, test), = groups
-    return {"dataset": dataset, "dataset_fingerprint": fingerprint, "test_images": test}
-
-
-def _tier(model: str) -> str | None:
-    from ..models import get_entry
-
-    try:
-        return get_entry(model).tier
-    except CifarlabError:
-        return None
-
-
-def verdict(n_base: int, n_var: int, lo: float, hi: float) -> tuple[str, bool]:
-    """(verdict text, whether a gain is demonstrated); a demonstrated loss reads "worse"."""
-    if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM:
+def verdict(n_base: int, n_var: int, lo: float | None, hi: float | None) -> tuple[str, bool]:
+    """(verdict text, whether a gain is claimed); a demonstrated loss reads "worse"."""
+    if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM or lo is None or hi is None:
         return f"n < {MIN_SEEDS_FOR_A_CLAIM} seeds: no claim", False
     if lo > 0:
         return "gain", True
@@ -135,127 +170,78 @@ def verdict(n_base: int, n_var: int, lo: float, hi: float) -> tuple[str, bool]:
     return "no clear difference", False
 
 
-def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRecord]], n_boot: int = N_BOOT,
-                  seed: int = 0) -> list[dict[str, Any]]:
-    """One row per variant (dicts, in study order): seeds, top-1/top-5 mean and std, params, MACs, time, and the
-    difference to its baseline with a hierarchical-bootstrap CI and a verdict. Accuracies are fractions.
+# ---- what a design can detect ----
 
-    ``variants``: ``[{"name", "model", "baseline"}, ...]`` (``Study.describe()["variants"]``);
-    ``records``: finished runs by variant name. Refuses runs on different data.
-    """
-    data = check_same_data([r for recs in records.values() for r in recs])
-    matrices = {name: correctness(sorted(recs, key=lambda r: r.seed)) for name, recs in records.items() if recs}
-    rows = []
-    for v in variants:
-        recs = sorted(records.get(v["name"], []), key=lambda r: r.seed)
-        res = [r.result for r in recs]
-        top1, top5 = [x["top1"] for x in res], [x["top5"] for x in res]
-        row: dict[str, Any] = {
-            "variant": v["name"], "model": v["model"], "tier": _tier(v["model"]), "baseline": v.get("baseline"),
-            "n_seeds": len(recs), "seeds": [r.seed for r in recs],
-            "top1_mean": mean(top1) if top1 else None, "top1_std": stdev(top1) if len(top1) > 1 else None,
-            "top5_mean": mean(top5) if top5 else None, "top5_std": stdev(top5) if len(top5) > 1 else None,
-            "params": res[0]["params"] if res else None, "macs": res[0]["macs"] if res else None,
-            "mac_convention": res[0].get("mac_convention") if res else None,
-            "epochs": res[0]["epochs"] if res else None,
-            "train_seconds_mean": mean(x["train_seconds"] for x in res) if res else None,
-            "train_step_seconds_mean": mean(x.get("train_step_seconds", sum(x.get("epoch_seconds", [0.0])))
-                                            for x in res) if res else None,
-            "images_per_second_mean": mean(x["images_per_second"] for x in res) if res else None,
-            "delta_top1": None, "ci_low": None, "ci_high": None, "ci_level": CI_LEVEL, "bootstrap_replicates": n_boot,
-            "verdict": "", "gain": False, **data, "runs": [str(r.run_dir) for r in recs],
-        }
-        base = v.get("baseline")
-        if base == v["name"]:
-            row["verdict"] = "baseline"
-        elif not recs:
-            row["verdict"] = "no finished runs"
-        elif base is None:
-            row["verdict"] = "no baseline"
-        elif base not in matrices:
-            row["verdict"] = f"baseline {base} has no finished runs"
-        else:
-            delta, lo, hi = difference_ci(matrices[base], matrices[v["name"]], n_boot=n_boot, seed=seed)
-            row.update(delta_top1=delta, ci_low=lo, ci_high=hi)
-            row["verdict"], row["gain"] = verdict(len(matrices[base]), len(recs), lo, hi)
-            row["loss"] = row["verdict"] == "worse"
-        rows.append(row)
-    return rows
+@dataclass(frozen=True)
+class SeedSpread:
+    """Seed-to-seed SD of top-1 (a fraction) that sizes a design, and where it comes from."""
+
+    sd: float
+    runs: int = 0  # finished runs it is pooled over; 0 for the prior
+    groups: int = 0  # variants with >= 2 finished seeds among them
+
+    @property
+    def source(self) -> str:
+        if not self.runs:
+            return f"prior {100 * self.sd:.2f} pt (a CIFAR ResNet on CIFAR-100; no variant has 2 finished seeds)"
+        return (f"{100 * self.sd:.2f} pt, pooled over {self.runs} runs of {self.groups} "
+                f"variant{'s' if self.groups > 1 else ''}")
 
 
-# ---- reading records ----
-
-_SEED_DIR = re.compile(r"^seed(\d+)$")
-
-
-def records_in(study_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, list[RunRecord]]]:
-    """Variants (from ``study.json`` when present, else the folders) and finished runs under ``<out>/<study>``."""
-    root = Path(study_dir)
-    if not root.is_dir():
-        raise CifarlabError(f"{root} is not a folder")
-    records: dict[str, list[RunRecord]] = {}
-    for res in sorted(root.glob("*/seed*/result.json")):
-        m = _SEED_DIR.match(res.parent.name)
-        if m:
-            variant = res.parent.parent.name
-            records.setdefault(variant, []).append(RunRecord(variant, int(m.group(1)), res.parent, read_json(res)))
-    meta = root / "study.json"
-    variants = [dict(v) for v in read_json(meta)["variants"]] if meta.is_file() else []
-    known = {v["name"] for v in variants}
-    for name, recs in records.items():
-        if name not in known:
-            variants.append({"name": name, "model": recs[0].result["model"], "baseline": None})
-    if not variants:
-        raise CifarlabError(f"{root} holds no study (no study.json and no <variant>/seed<k>/result.json)")
-    return variants, records
+def seed_spread(top1_by_variant: Iterable[Sequence[float]], prior: float = PRIOR_SEED_SD) -> SeedSpread:
+    """Pooled SD of top-1 over seeds (sum of squared deviations from each variant's mean over the pooled
+    degrees of freedom), from the variants with >= 2 finished seeds; ``prior`` when there are none."""
+    ss, dof, runs, groups = 0.0, 0, 0, 0
+    for values in top1_by_variant:
+        x = np.asarray(values, dtype=float)
+        if len(x) >= 2:
+            ss, dof, runs, groups = ss + ((x - x.mean()) ** 2).sum(), dof + len(x) - 1, runs + len(x), groups + 1
+    return SeedSpread(math.sqrt(ss / dof), runs, groups) if dof else SeedSpread(prior)
 
 
-def study_summary(target: str | Path, out: str | Path = "runs", n_boot: int = N_BOOT) -> list[dict[str, Any]]:
-    """The summary rows of a study, from its YAML file (runs under ``out``) or its folder ``<out>/<study>``."""
-    target = Path(target)
-    if target.is_dir():
-        variants, records = records_in(target)
+def min_detectable_difference(n_base: int, n_var: int, seed_sd: float, level: float = CI_LEVEL,
+                              power: float = POWER) -> float:
+    """Smallest true difference the two-sided test at ``1 - level`` finds with probability ``power``, with
+    ``n_base`` and ``n_var`` seeds and seed SD ``seed_sd`` on both sides (needs >= 2 seeds per side)."""
+    if min(n_base, n_var) < 2:
+        raise ValueError("a difference is only detectable with >= 2 seeds per side")
+    df = float(welch_df(1.0, n_base, 1.0, n_var))
+    return (t_quantile((1 + level) / 2, df) + t_quantile(power, df)) * seed_sd * math.sqrt(1 / n_base + 1 / n_var)
+
+
+def seeds_needed(target: float, seed_sd: float, level: float = CI_LEVEL, power: float = POWER,
+                 most: int = 1000) -> int | None:
+    """Fewest seeds per side (>= ``MIN_SEEDS_FOR_A_CLAIM``) whose MDE is at most ``target``; None beyond ``most``."""
+    n = np.arange(MIN_SEEDS_FOR_A_CLAIM, most + 1)
+    df = 2.0 * n - 2  # the Welch degrees of freedom of equal seed counts and spreads
+    mde = (t_quantile((1 + level) / 2, df) + t_quantile(power, df)) * seed_sd * np.sqrt(2 / n)
+    ok = np.flatnonzero(mde <= target)
+    return int(n[ok[0]]) if len(ok) else None
+
+
+def detectable_text(n_base: int, n_var: int, spread: SeedSpread) -> str:
+    """What a comparison of ``n_base`` vs ``n_var`` seeds can detect, as a phrase for tables and reports."""
+    if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM:
+        n = MIN_SEEDS_FOR_A_CLAIM
+        return (f"no claim with fewer than {n} seeds per side; {n} per side would detect "
+                f"{100 * min_detectable_difference(n, n, spread.sd):.2f} pt at {100 * POWER:.0f} % power "
+                f"(seed SD {spread.source})")
+    return (f"with {n_base} vs {n_var} seeds the smallest difference detectable at {100 * POWER:.0f} % power is "
+            f"{100 * min_detectable_difference(n_base, n_var, spread.sd):.2f} pt (seed SD {spread.source})")
+
+
+def design_lines(n_seeds: int, seed_sd: float, source: str, target: float = TARGET_DIFFERENCE) -> list[str]:
+    """The ``study plan`` / ``study table`` lines on what ``n_seeds`` per side can detect at seed SD ``seed_sd``
+    (``source`` says where it comes from), and the seeds a difference of ``target`` needs."""
+    lines = [f"what the design can detect (two-sided {100 * (1 - CI_LEVEL):.0f} % test, {100 * POWER:.0f} % power, "
+             f"seed SD {source}):"]
+    if n_seeds >= MIN_SEEDS_FOR_A_CLAIM:
+        lines.append(f"  {n_seeds} seeds per side: minimum detectable difference "
+                     f"{100 * min_detectable_difference(n_seeds, n_seeds, seed_sd):.2f} pt of top-1")
     else:
-        from .runner import study_records
-        from .spec import load_study
-
-        study = load_study(target)
-        variants, records = study.describe()["variants"], study_records(study, out)
-    return summary_table(variants, records, n_boot=n_boot)
-
-
-def format_table(rows: list[dict[str, Any]], title: str = "") -> str:
-    """The plain-text study table (accuracies in %, differences in percentage points)."""
-    pct = lambda x: "-" if x is None else f"{100 * x:.2f}"  # noqa: E731
-    pm = lambda m, s: "-" if m is None else pct(m) + ("" if s is None else f" ± {100 * s:.2f}")  # noqa: E731
-    header = ["variant", "model", "n", "top-1 % (mean ± std)", "top-5 %", "params", "MACs (M)", "img/s",
-              "train s (steps / all)", "Δ top-1 pp [95% CI] vs baseline", "verdict"]
-    body = []
-    for r in rows:
-        delta = "-" if r["delta_top1"] is None else (
-            f"{100 * r['delta_top1']:+.2f} [{100 * r['ci_low']:+.2f}, {100 * r['ci_high']:+.2f}] vs {r['baseline']}")
-        body.append([r["variant"], r["model"], str(r["n_seeds"]), pm(r["top1_mean"], r["top1_std"]),
-                     pm(r["top5_mean"], r["top5_std"]), "-" if r["params"] is None else f"{r['params']:,}",
-                     "-" if r["macs"] is None else f"{r['macs'] / 1e6:.2f}",
-                     "-" if r["images_per_second_mean"] is None else f"{r['images_per_second_mean']:,.0f}",
-                     "-" if r["train_seconds_mean"] is None else
-                     f"{r['train_step_seconds_mean']:,.1f} / {r['train_seconds_mean']:,.1f}", delta, r["verdict"]])
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 9, 10) else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    lines = [title] if title else []
-    first = next((r for r in rows if r.get("dataset")), None)
-    if first:
-        lines.append(f"data: {first['dataset']} (fingerprint {str(first['dataset_fingerprint'])[:12]}, "
-                     f"{first['test_images']} test images)")
-    lines += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, body)]
-    conv = next((r["mac_convention"] for r in rows if r.get("mac_convention")), None)
-    n_boot = rows[0]["bootstrap_replicates"] if rows else N_BOOT
-    lines.append(f"Δ: difference of mean top-1 to the baseline; 95% CI from a hierarchical bootstrap over seeds and "
-                 f"test images ({n_boot} replicates, paired on images); a gain needs >= {MIN_SEEDS_FOR_A_CLAIM} seeds "
-                 f"per side and a CI above 0.")
-    if conv:
-        lines.append(f"MACs: {conv}")
-    lines.append("img/s and train s: means over seeds; img/s and 'steps' cover the training steps only, 'all' the "
-                 "whole run (data, build, capture, evaluation, checkpoints)")
-    return "\n".join(lines)
+        lines.append(f"  {n_seeds} seeds per side: no gain can be claimed (a claim needs >= "
+                     f"{MIN_SEEDS_FOR_A_CLAIM} per side)")
+    need = seeds_needed(target, seed_sd)
+    lines.append(f"  a difference of {100 * target:.2f} pt needs "
+                 + (f"{need} seeds per side" if need else "more than 1000 seeds per side"))
+    return lines
