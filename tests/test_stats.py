@@ -206,3 +206,28 @@ def test_table_says_what_the_seeds_can_detect(tmp_path, capsys):
     assert "a difference of 1.00 pt needs" in table and "MDE pp" in table
     assert main(["study", "table", str(tmp_path / "s"), "--detect", "0"]) == 2
     assert "--detect must be a positive difference" in capsys.readouterr().err
+
+
+def test_report_findings_say_what_the_seeds_could_detect(tmp_path):
+    from cifarlab.report.records import load_runs
+    from cifarlab.report.summary import build_tables
+    from cifarlab.report.writeup import Section, Writer, findings
+
+    rng = np.random.default_rng(8)
+    top1 = {}
+    for v, model, accs in (("a", "resnet20", [0.60, 0.61, 0.62]), ("b", "eca_resnet20", [0.61, 0.62, 0.60])):
+        for s, c in enumerate(_seed_rows(accs, rng)):
+            rec = _record(v, s, c, model=model).result
+            top1.setdefault(v, []).append(rec["top1"])
+            write_json(tmp_path / "s" / v / f"seed{s}" / "result.json", {**rec, "seed": s})
+    write_json(tmp_path / "s" / "study.json", {"variants": [{"name": "a", "model": "resnet20", "baseline": "a"},
+                                                           {"name": "b", "model": "eca_resnet20", "baseline": "a"}]})
+    runs = load_runs([tmp_path / "s"])
+    section = Section("cifar100", "fp-a", runs, build_tables(runs), {}, {}, {})
+    text = "\n".join(findings(section, Writer(tmp_path)))
+    line = next(x for x in text.splitlines() if x.startswith("- **b** vs a"))
+    sd = stats.seed_spread(top1.values()).sd
+    assert "the 95 % CI includes zero" in line
+    assert (f"with 3 vs 3 seeds the smallest difference detectable at 80 % power is "
+            f"{100 * stats.min_detectable_difference(3, 3, sd):.2f} pt (seed SD {100 * sd:.2f} pt, pooled over 6 runs "
+            f"of 2 variants)") in line
