@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 from pathlib import Path
 
 import datasets
 import numpy as np
+from PIL import Image
 
 from cifarlab.data.meta import CIFAR10_CLASSES, CIFAR100_COARSE, CIFAR100_FINE
 
@@ -31,6 +33,21 @@ def write_parquet(folder: Path, train: int = 200, test: int = 100, shards: int =
             ds = ds.remove_columns("fine_label")
         for i in range(k):
             ds.shard(k, i, contiguous=True).to_parquet(str(folder / f"{split}-{i:05d}-of-{k:05d}.parquet"))
+    return folder
+
+
+def write_cifar10_parquet(folder: Path, train: int = 60, test: int = 20) -> Path:
+    """CIFAR-10 in the Hub schema (``img``, ``label``), the images stored as JPEG bytes as re-encoded copies have."""
+    folder.mkdir(parents=True, exist_ok=True)
+    feats = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=CIFAR10_CLASSES)})
+    for split, n in (("train", train), ("test", test)):
+        jpegs = []
+        for x in images(n, seed=n):
+            buf = io.BytesIO()
+            Image.fromarray(x).save(buf, format="JPEG", quality=90)
+            jpegs.append({"bytes": buf.getvalue(), "path": None})
+        ds = datasets.Dataset.from_dict({"img": jpegs, "label": np.arange(n) % 10}, features=feats)
+        ds.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
     return folder
 
 

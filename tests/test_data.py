@@ -8,7 +8,7 @@ from cifarlab.data import BatchAugment, DeviceLoader, load_data
 from cifarlab.data.augment import CropFlip, Cutout, crop_flip, cutout, normalize, pad_images
 from cifarlab.data.meta import DATASETS
 from cifarlab.data.synthetic import synthetic_dataset
-from cifar_files import tar_gz, write_cifar10_python, write_cifar100_python, write_parquet
+from cifar_files import tar_gz, write_cifar10_parquet, write_cifar10_python, write_cifar100_python, write_parquet
 
 
 def test_synthetic_has_the_hub_schema():
@@ -70,13 +70,14 @@ def test_cifar10_python_folder(tmp_path):
     assert d.mean == (0.4914, 0.4822, 0.4465)
 
 
-def test_real_copy_if_present():
-    import pathlib
-    root = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg"
-    if not root.exists():
-        pytest.skip("shared CIFAR-10 copy not present")
-    d = load_data("cifar10", str(root))
-    assert d.split_sizes() == {"train": 50000, "test": 5000}
+def test_cifar10_parquet_with_jpeg_images(tmp_path):
+    folder = write_cifar10_parquet(tmp_path / "pq", train=60, test=20)
+    d = load_data("cifar10", str(folder))
+    assert d.split_sizes() == {"train": 60, "test": 20} and d.kind == "parquet"
+    assert d.num_classes == 10 and d.classes[0] == "airplane"
+    assert np.array_equal(d.train.labels, np.arange(60) % 10)
+    stored = datasets.Dataset.from_parquet(str(folder / "test-00000-of-00001.parquet"))[3]["img"]
+    assert stored.format == "JPEG" and np.array_equal(d.test.images[3], np.asarray(stored.convert("RGB")))
 
 
 @pytest.mark.parametrize("case,match", [
