@@ -11,6 +11,7 @@ import yaml
 
 from .. import CifarlabError
 from . import stats
+from .ray_executor import DEFAULT_MAX_RETRIES
 from .runner import plan_lines, records_in, run_study, study_records
 from .spec import Study, load_study, parse_shard
 from .table import format_table, summary_table
@@ -57,9 +58,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+RAY_OPTIONS = ("address", "cpus_per_run", "gpus_per_run", "max_retries", "ray_dashboard")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    outcomes = run_study(_study(args), args.out, parse_shard(args.shard), progress=not args.no_progress)
+    study, shard = _study(args), parse_shard(args.shard)
+    if args.executor == "serial":
+        given = [f"--{o.replace('_', '-')}" for o in RAY_OPTIONS if getattr(args, o) not in (None, False)]
+        if given:
+            raise CifarlabError(f"{', '.join(given)} need --executor ray")
+        outcomes = run_study(study, args.out, shard, progress=not args.no_progress, retry_failed=args.retry_failed)
+    else:
+        from .ray_executor import run_study_ray
+
+        outcomes = run_study_ray(study, args.out, shard, address=args.address, cpus_per_run=args.cpus_per_run or 1,
+                                 gpus_per_run=args.gpus_per_run or 0, retry_failed=args.retry_failed,
+                                 max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
+                                 dashboard=args.ray_dashboard)
+        _print_table(f"study {study.name}, runs under {Path(args.out) / study.name}",
+                     study.describe()["variants"], study_records(study, args.out), as_json=False)
     return 1 if any(o.status in ("failed", "changed") for o in outcomes) else 0
+
+
+def _print_table(title: str, variants: list[dict[str, Any]], records: dict, as_json: bool,
+                 n_seeds: int | None = None, target: float = stats.TARGET_DIFFERENCE) -> None:
+    """The study table; ``n_seeds``: the study's seeds per variant for its design lines (default: the most any
+    variant has finished)."""
+    rows = summary_table(variants, records)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        n_seeds = n_seeds if n_seeds is not None else max((r["n_seeds"] for r in rows), default=0)
+        print(format_table(rows, f"{title}: {sum(r['n_seeds'] for r in rows)} finished runs", n_seeds, target))
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -79,13 +109,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         if args.baseline not in names:
             raise CifarlabError(f"--baseline {args.baseline!r} is not a variant; variants: {', '.join(names)}")
         variants = [{**v, "baseline": args.baseline} for v in variants]
-    rows = summary_table(variants, records)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-    else:
-        done = sum(r["n_seeds"] for r in rows)
-        n_seeds = n_seeds if n_seeds is not None else max((r["n_seeds"] for r in rows), default=0)
-        print(format_table(rows, f"{title}: {done} finished runs", n_seeds, _target(args)))
+    _print_table(title, variants, records, args.json, n_seeds, _target(args))
     return 0
 
 
@@ -119,6 +143,20 @@ def add_commands(sub) -> None:
     r.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run shard I of N (0-based): every N-th run starting at I; shards' folders merge by copying")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch and per-run lines only)")
+    r.add_argument("--retry-failed", action="store_true", help="run the runs that failed before again (resumed)")
+    r.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="serial: one run after another in this process; ray: one Ray task per run (docs/cluster.md)")
+    g = r.add_argument_group("ray executor (pip install 'cifarlab[ray]')")
+    g.add_argument("--address", metavar="auto|HOST:PORT",
+                   help="the Ray cluster to use; default: a local instance on 127.0.0.1 with this machine's devices")
+    g.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run holds (default 1)")
+    g.add_argument("--gpus-per-run", type=float, metavar="F",
+                   help="GPUs each run holds; a fraction packs runs onto one GPU, e.g. 0.25 (default 0: CPU runs)")
+    g.add_argument("--max-retries", type=int, metavar="K",
+                   help=f"retries of a run whose worker or node dies or that raises (default {DEFAULT_MAX_RETRIES}); "
+                        "each resumes from the run's last complete epoch")
+    g.add_argument("--ray-dashboard", action="store_true",
+                   help="start the local instance with Ray's dashboard (127.0.0.1:8265; needs ray[default])")
     r.set_defaults(func=cmd_run)
 
     t = ss.add_parser("table", help="mean ± std per variant and Δ vs the baseline with a 95%% CI")

@@ -6,7 +6,8 @@ re-run, sharded over machines and merged by copying folders:
 
 - done: ``result.json`` exists (and ``config.json`` matches the study) -> skipped;
 - interrupted: checkpoints or a config but no result -> resumed from the last checkpoint;
-- failed: ``error.json`` (written by the runner, or by the engine on a non-finite loss) -> tried again;
+- failed: ``error.json`` (written by the runner, or by the engine on a non-finite loss) -> left as it is unless
+  asked (``retry_failed``), then resumed from its last checkpoint;
 - changed: the folder holds a run of a different config (the study file was edited) -> reported, never
   overwritten; move the folder away to run it again;
 - todo: nothing there yet.
@@ -23,7 +24,8 @@ from statistics import mean, median
 from typing import Any, Callable
 
 from .. import CifarlabError
-from ..data import load_data
+from ..config import TrainConfig
+from ..data import CifarData, load_data
 from ..data.sources import parse_synthetic
 from ..io import read_json, write_json
 from ..train import RunFiles, fit
@@ -219,9 +221,24 @@ class Outcome:
     run_id: str
     status: str  # skipped | finished | failed | changed
     detail: str = ""
+    user_error: bool = False  # failed with a CifarlabError: the user's to fix, running it again cannot help
 
 
-def _record_failure(files: RunFiles, run: StudyRun, err: BaseException) -> str:
+class DataCache:
+    """The decoded splits of the last data source asked for: consecutive runs on the same data share one copy."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.data: CifarData | None = None
+
+    def get(self, cfg: TrainConfig) -> CifarData:
+        key = (cfg.dataset, cfg.data, cfg.val_split)
+        if key != self.key:
+            self.data, self.key = load_data(cfg.dataset, cfg.data, val_split=cfg.val_split), key
+        return self.data
+
+
+def record_failure(files: RunFiles, run: StudyRun, err: BaseException) -> str:
     msg = f"{type(err).__name__}: {err}".strip()
     previous = {}
     if files.error.is_file():  # the engine writes its own (e.g. the epoch of a non-finite loss): keep its fields
@@ -235,59 +252,86 @@ def _record_failure(files: RunFiles, run: StudyRun, err: BaseException) -> str:
     return msg
 
 
-def run_study(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
-              log: Callable[[str], Any] = print) -> list[Outcome]:
-    """Run every missing run of ``study`` in shard ``shard`` and return one outcome per run.
+def settled_outcome(st: RunState, retry_failed: bool, log: Callable[[str], Any] = print,
+                    tag: str = "") -> Outcome | None:
+    """The outcome of a run that is not to run now (done, changed, or failed and not retried), else None."""
+    run = st.run
+    if st.status == "done":
+        log(f"{tag} skip    {run.run_id} (done: {st.detail})")
+        return Outcome(run.run_id, "skipped", st.detail)
+    if st.status == "changed":
+        log(f"{tag} CHANGED {run.run_id}: {st.detail}; move {st.run_dir} away to run it again")
+        return Outcome(run.run_id, "changed", st.detail)
+    if st.status == "failed" and not retry_failed:
+        log(f"{tag} failed  {run.run_id}: {st.detail} (left as it is; --retry-failed runs it again)")
+        return Outcome(run.run_id, "failed", st.detail)
+    return None
 
-    Finished runs are skipped, interrupted and failed ones resumed from their last
-    checkpoint; a run that raises is recorded in its ``error.json`` and the others
-    go on. One line per run goes to ``log``; the engine prints its per-epoch lines.
+
+def run_one(st: RunState, *, data: DataCache, retry_failed: bool = True, progress: bool = True,
+            log: Callable[[str], Any] = print, tag: str = "") -> Outcome:
+    """Run one run as its folder says: skip it when done, start it, or resume it from its last checkpoint.
+
+    The one way every executor runs a run (the serial loop and each Ray task). A run
+    that raises is recorded in its ``error.json`` and comes back as a failed outcome.
     """
-    out = Path(out)
-    write_json(out / study.name / "study.json", study.describe())
+    settled = settled_outcome(st, retry_failed, log, tag)
+    if settled is not None:
+        return settled
+    run, files = st.run, RunFiles(st.run_dir)
+    how = f"resume  {run.run_id} after epoch {st.last_epoch}" if st.last_epoch else f"start   {run.run_id}"
+    if st.status == "failed":
+        how += f" (failed before: {st.detail})"
+    log(f"{tag} {how}")
+    t0 = time.perf_counter()
+    try:
+        result = fit(run.config, st.run_dir, resume=True, progress=progress, data=data.get(run.config))
+    except Exception as err:  # noqa: BLE001 - any failure is recorded and the study goes on
+        msg = record_failure(files, run, err)
+        log(f"{tag} FAILED  {run.run_id}: {msg.splitlines()[0] if msg else ''} ({files.error})")
+        return Outcome(run.run_id, "failed", msg, user_error=isinstance(err, CifarlabError))
+    secs = time.perf_counter() - t0
+    log(f"{tag} finish  {run.run_id}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
+        f"in {format_seconds(secs)}")
+    return Outcome(run.run_id, "finished", f"top-1 {result['top1']:.4f}")
+
+
+def start_study(study: Study, out: Path, shard: tuple[int, int], log: Callable[[str], Any]) -> list[RunState]:
+    """Write ``study.json``, read every run's state from its folder and log the counts."""
+    try:
+        write_json(out / study.name / "study.json", study.describe())
+    except OSError as e:
+        raise CifarlabError(f"cannot write --out {out}: {e.strerror or e}") from None
     runs = shard_runs(study.runs(), *shard)
     states = [run_state(r, out) for r in runs]
     counts = {s: sum(st.status == s for st in states) for s in ("done", "interrupted", "failed", "changed", "todo")}
     shard_txt = f" (shard {shard[0]}/{shard[1]} of {len(study.runs())})" if shard[1] > 1 else ""
     log(f"study {study.name}: {len(runs)} runs{shard_txt} -> {out / study.name}; "
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-    outcomes: list[Outcome] = []
-    data_key, data = None, None
-    width = len(str(len(runs)))
-    for i, st in enumerate(states, 1):
-        tag = f"[{i:>{width}}/{len(runs)}]"
-        run, files = st.run, RunFiles(st.run_dir)
-        if st.status == "done":
-            log(f"{tag} skip    {run.run_id} (done: {st.detail})")
-            outcomes.append(Outcome(run.run_id, "skipped", st.detail))
-            continue
-        if st.status == "changed":
-            log(f"{tag} CHANGED {run.run_id}: {st.detail}; move {st.run_dir} away to run it again")
-            outcomes.append(Outcome(run.run_id, "changed", st.detail))
-            continue
-        how = f"resume  {run.run_id} after epoch {st.last_epoch}" if st.last_epoch else f"start   {run.run_id}"
-        if st.status == "failed":
-            how += f" (failed before: {st.detail})"
-        log(f"{tag} {how}")
-        t0 = time.perf_counter()
-        try:
-            cfg = run.config
-            key = (cfg.dataset, cfg.data, cfg.val_split)
-            if key != data_key:  # consecutive runs on the same data share one decoded copy
-                data, data_key = load_data(cfg.dataset, cfg.data, val_split=cfg.val_split), key
-            result = fit(cfg, st.run_dir, resume=True, progress=progress, data=data)
-        except Exception as err:  # noqa: BLE001 - any failure is recorded and the study goes on
-            msg = _record_failure(files, run, err)
-            log(f"{tag} FAILED  {run.run_id}: {msg.splitlines()[0] if msg else ''} ({files.error})")
-            outcomes.append(Outcome(run.run_id, "failed", msg))
-            continue
-        secs = time.perf_counter() - t0
-        log(f"{tag} finish  {run.run_id}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
-            f"in {format_seconds(secs)}")
-        outcomes.append(Outcome(run.run_id, "finished", f"top-1 {result['top1']:.4f}"))
+    return states
+
+
+def log_summary(study: Study, outcomes: list[Outcome], log: Callable[[str], Any]) -> None:
     bad = [o for o in outcomes if o.status in ("failed", "changed")]
     log(f"study {study.name}: {sum(o.status == 'finished' for o in outcomes)} finished, "
         f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(bad)} failed or changed")
+
+
+def run_study(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
+              log: Callable[[str], Any] = print, retry_failed: bool = False) -> list[Outcome]:
+    """Run every missing run of ``study`` in shard ``shard``, one after another, and return one outcome per run.
+
+    Finished runs are skipped, interrupted ones resumed from their last checkpoint,
+    failed ones left as they are unless ``retry_failed``; a run that raises is
+    recorded in its ``error.json`` and the others go on. One line per run goes to
+    ``log``; the engine prints its per-epoch lines.
+    """
+    out = Path(out)
+    states = start_study(study, out, shard, log)
+    data, width = DataCache(), len(str(len(states)))
+    outcomes = [run_one(st, data=data, retry_failed=retry_failed, progress=progress, log=log,
+                        tag=f"[{i:>{width}}/{len(states)}]") for i, st in enumerate(states, 1)]
+    log_summary(study, outcomes, log)
     return outcomes
 
 
