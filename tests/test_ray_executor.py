@@ -253,3 +253,9 @@ def test_ray_missing_serial_with_ray_options_and_unwritable_out_are_one_line_err
                                          ("::ffff:192.168.1.5", True), ("fe80::1%eth0", True)])
 def test_listeners_outside_loopback(ip, outside):
     assert bool(outside_loopback([(1, "raylet", ip, 6379)])) == outside
+
+
+def test_measured_table_in_the_docs_is_generated_from_the_records():
+    from benchmarks.bench_ray import write_table
+
+    assert write_table(check=True) == 0, "run python -m benchmarks.bench_ray --table"

@@ -285,6 +285,7 @@ def _follow(ray, refs: dict, tags: dict[str, str], session: str, est: dict, log:
             f"run the same command again to continue")
         for ref in pending:
             ray.cancel(ref)
-        ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_SECONDS)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=CANCEL_WAIT_SECONDS)
         raise
     return outcomes
