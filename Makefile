@@ -21,8 +21,8 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
 
-results: venv  # regenerate docs/results.md and docs/results-report/ from the committed records in results/
-	$(BIN)/cifarlab report results --out docs/results-report --page docs/results.md
+results: venv  # regenerate docs/results.md, docs/results-report/ and the README's headline from the records in results/
+	$(BIN)/cifarlab report results --out docs/results-report --page docs/results.md --readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -202,21 +202,22 @@ def test_mixed_datasets_are_refused_or_split(study, tmp_path, capsys):
     with pytest.raises(CifarlabError, match="different data|datasets"):
         build_report(ReportOptions(paths=[results], out=tmp_path / "r"))
     # the results page always splits: one section per dataset, each saying which data it covers
-    page, report = write_results_page(results, tmp_path / "docs" / "results-report", tmp_path / "docs" / "results.md")
-    assert report == tmp_path / "docs" / "results-report" / "report.md"
+    page, reports = write_results_page(results, tmp_path / "docs" / "results-report", tmp_path / "docs" / "results.md")
+    assert reports == {"smoke": tmp_path / "docs" / "results-report" / "smoke" / "report.md"}, "synthetic: smoke runs"
     text = page.read_text()
-    assert text.count("## cifar100 — fingerprint") == 2 and "synthetic-v1-other" in text
+    assert text.count("### cifar100 — fingerprint") == 2 and "synthetic-v1-other" in text
+    assert text.count("> **Smoke budget** (") == 2 and "synthetic data" in text and "No reference records yet" in text
     for link in re.findall(r"\]\(([^)]+\.(?:json|png|md))\)", text):
         assert (page.parent / link).resolve().is_file(), link
-    full = (tmp_path / "docs" / "results-report" / "report.md").read_text()
+    full = reports["smoke"].read_text()
     assert "synthetic-v1-other" in full and full.count("# Dataset cifar100") == 2
 
 
 def test_an_empty_results_folder_gives_a_page_that_says_so(tmp_path):
     (tmp_path / "results").mkdir()
-    page, report = write_results_page(tmp_path / "results", tmp_path / "report", tmp_path / "results.md")
+    page, reports = write_results_page(tmp_path / "results", tmp_path / "report", tmp_path / "results.md")
     text = page.read_text()
-    assert report is None
+    assert reports == {}
     assert "No run records are committed" in text and "|" not in text
     assert not (tmp_path / "report").exists()
     with pytest.raises(CifarlabError, match="no result.json"):

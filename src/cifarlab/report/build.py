@@ -11,19 +11,22 @@ Layout of the output folder (``<ds>/`` only with several datasets)::
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import CifarlabError
 from ..io import atomic_open, read_json
+from . import budget
 from . import figures as fg
 from .calibration import reliability_diagram
 from .gradcam import gradcam_figure
-from .records import Run, by_dataset, discover, load_run, load_runs
+from .records import Run, by_dataset, load_run, load_runs
 from .summary import Row, Table, build_tables
 from .tables import csv_text, latex, markdown
-from .writeup import FigureSet, Section, report_markdown, results_page, results_page_empty
+from .writeup import (FigureSet, Section, Writer, headline_block, report_markdown, results_page,
+                      results_page_empty)
 
 
 class ReportOptions(BaseModel):
@@ -38,6 +41,7 @@ class ReportOptions(BaseModel):
     focus: str | None = Field(None, description="variant shown in the error figures; default: the most accurate")
     gradcam: list[Path] = Field(default_factory=list, description="run folders to draw Grad-CAM examples for")
     gradcam_images: int = Field(8, ge=1, le=16)
+    note: str | None = Field(None, description="a paragraph under the report's title (e.g. a smoke-budget banner)")
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -136,14 +140,53 @@ def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
         cams = [_gradcam(g, out / "figures" / sub, opts.gradcam_images, ds_runs)
                 for g in gradcam_keys.get((dataset, fp), [])]
         sections.append(Section(dataset, fp, ds_runs, tables, figs, files, focus, cams))
-    return _write_text(out / "report.md", report_markdown(sections, out)), sections
+    return _write_text(out / "report.md", report_markdown(sections, out, opts.note)), sections
 
 
-def write_results_page(results: Path, report_out: Path, page: Path) -> tuple[Path, Path | None]:
-    """The reference-results page (docs/results.md): every dataset under ``results`` (one section each) with its
-    tables, the full report in ``report_out``; or, with no records, a page that says there are none.
-    Returns the page and the report (None when there were no records)."""
-    if not (results.is_dir() and discover([results])):
-        return _write_text(page, results_page_empty(results, report_out, page)), None
-    report, sections = build_report(ReportOptions(paths=[results], out=report_out, split_by_dataset=True))
-    return _write_text(page, results_page(sections, results, report_out, page, report)), report
+REPORT_FOLDERS = {budget.REFERENCE: "reference", budget.REDUCED: "reduced-budget", budget.SMOKE: "smoke"}
+SMOKE_NOTE = ("> **Smoke runs**: synthetic data, a training subset or fewer epochs than the model's recipe. They "
+              "show that the pipeline runs end to end; their accuracies and the verdicts of their comparisons say "
+              "nothing about the methods.")
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _fresh(folder: Path) -> Path:
+    """Remove a report folder this function wrote before (it holds report.md), so no stale figure stays."""
+    if (folder / "report.md").is_file():
+        shutil.rmtree(folder)
+    return folder
+
+
+def write_results_page(results: Path, report_out: Path, page: Path,
+                       readme: Path | None = None) -> tuple[Path, dict[str, Path]]:
+    """The results page (docs/results.md): the headline, the rule that sorts records by budget, then references,
+    reduced-budget references and smoke runs, each with its tables and a full report under ``report_out/<class>``;
+    with no records, a page that says so. ``readme``: also rewrite the headline between its results markers.
+    Returns the page and the reports by budget class."""
+    runs = load_runs([results]) if results.is_dir() else []
+    budgets = {r.root: budget.classify(r, results) for r in runs}
+    groups: dict[str, list[Section]] = {}
+    reports: dict[str, Path] = {}
+    for kind in budget.KINDS:
+        members = [r.result_path for r in runs if budgets[r.root].kind == kind]
+        if members:
+            reports[kind], groups[kind] = build_report(ReportOptions(
+                paths=members, out=_fresh(report_out / REPORT_FOLDERS[kind]), split_by_dataset=True,
+                note=SMOKE_NOTE if kind == budget.SMOKE else None))
+    if readme is not None:
+        write_readme_headline(readme, page, groups)
+    if not runs:
+        return _write_text(page, results_page_empty(results, report_out, page)), reports
+    return _write_text(page, results_page(groups, reports, budgets, results, report_out, page)), reports
+
+
+def write_readme_headline(readme: Path, page: Path, groups: dict[str, list[Section]]) -> Path:
+    """Replace the text between the README's results markers with the headline (links relative to the README)."""
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise CifarlabError(f"{readme}: no {README_START} ... {README_END} block to write the headline into")
+    w = Writer(readme.parent)
+    block = "\n".join(["", f"Headline result, generated by `make results` from the run records (all of them: "
+                            f"[{w.rel(page)}]({w.rel(page)})):", "", *headline_block(groups, w), ""])
+    return _write_text(readme, text[:start + len(README_START)] + block + text[end:])

@@ -17,9 +17,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.page:
         if len(args.paths) != 1:
             raise CifarlabError("--page takes exactly one PATH (the results folder)")
-        page, report = write_results_page(Path(args.paths[0]), Path(args.out), Path(args.page))
-        print(f"wrote {page}" + (f" and {report}" if report else f" (no run records under {args.paths[0]})"))
+        readme = Path(args.readme) if args.readme else None
+        page, reports = write_results_page(Path(args.paths[0]), Path(args.out), Path(args.page), readme)
+        wrote = [str(page), *map(str, reports.values())] + ([str(readme)] if readme else [])
+        print("wrote " + ", ".join(wrote) + ("" if reports else f" (no run records under {args.paths[0]})"))
         return 0
+    if args.readme:
+        raise CifarlabError("--readme goes with --page")
     try:
         opts = ReportOptions(paths=args.paths, out=args.out, split_by_dataset=args.split_by_dataset,
                              baselines=args.baseline or [], focus=args.focus, gradcam=args.gradcam or [],
@@ -48,6 +52,8 @@ def add_commands(sub) -> None:
                                                    "(default: the most accurate)")
     r.add_argument("--gradcam", action="append", metavar="RUN_DIR", help="draw Grad-CAM examples for this run")
     r.add_argument("--gradcam-images", type=int, default=8, help="test images per Grad-CAM figure (default 8)")
-    r.add_argument("--page", metavar="FILE", help="write the reference-results page (e.g. docs/results.md) for "
+    r.add_argument("--page", metavar="FILE", help="write the results page (e.g. docs/results.md) for "
                                                   "the one PATH; an empty PATH gives a page that says so")
+    r.add_argument("--readme", metavar="FILE", help="with --page: also rewrite the headline between FILE's "
+                                                    "<!-- results:start --> and <!-- results:end --> markers")
     r.set_defaults(func=cmd_report)

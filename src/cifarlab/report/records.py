@@ -27,8 +27,9 @@ from ..models import get_entry
 REQUIRED_KEYS = ("model", "dataset", "dataset_fingerprint", "top1", "top5", "params", "macs", "seed")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
 # Config fields that change how a run executes, not what it measures: runs differing only here are seeds of one variant.
+# `data` says where the images were read from; which images they are is the fingerprint (runs are grouped by it first).
 EXECUTION_FIELDS = frozenset({"seed", "eval_batch_size", "eval_every", "keep_checkpoints", "nan_check_every",
-                              "compile", "channels_last", "deterministic", "report_to"})
+                              "compile", "channels_last", "deterministic", "report_to", "data"})
 
 
 @dataclass
@@ -221,6 +222,15 @@ def group_variants(runs: list[Run]) -> list[Variant]:
     for v in variants.values():
         v.runs.sort(key=lambda r: (r.seed, str(r.root)))
     return [variants[k] for k in sorted(variants, key=lambda k: tuple(map(str, k)))]
+
+
+def source_text(record: dict[str, Any]) -> str:
+    """Where a run's data came from, fit for a page: a Hub id or a synthetic spec as recorded, a local copy by its
+    folder or file name only (the record keeps the path as the user gave it; the fingerprint identifies the data)."""
+    source, kind = str(record.get("source", "?")), record.get("source_kind", "?")
+    if kind in ("hub", "synthetic"):
+        return f"`{source}` ({kind})"
+    return f"a local {kind} copy named `{Path(source).name or source}`"
 
 
 def run_ids(runs: list[Run]) -> dict[Path, str]:
