@@ -5,10 +5,11 @@
   a DataLoader with worker processes, fp32, default memory format, foreach SGD (nesterov).
 - ``engine``: cifarlab's engine with ``cuda_graph: off``. The split on the device as uint8 (DeviceLoader +
   BatchAugment: per-sample crop/flip/normalise in batches), bf16 autocast on CUDA, channels_last, the engine's
-  ``TrainStep`` run eagerly (foreach SGD, nesterov), metrics accumulated on the device and the non-finite flag
-  read every 50 steps, the LR scheduler stepped after every step, exactly as ``engine.fit`` runs its timed
-  steps (evaluation and checkpoints lie outside them there too).
-- ``fast``: the engine's default on a CUDA device: the same ``TrainStep`` captured once and replayed as one
+  step (``make_train_step``) run eagerly (foreach SGD, nesterov) by the engine's own epoch loop
+  (``train_epoch``): metrics accumulated on the device, the non-finite flag read every 50 steps, the LR
+  scheduler stepped after every step, exactly as ``engine.fit`` runs its timed steps (evaluation and
+  checkpoints lie outside them there too).
+- ``fast``: the engine's default on a CUDA device: the same step captured once and replayed as one
   CUDA graph (fused SGD reading an LR tensor the scheduler fills in place); eager on the CPU.
 - ``compiled``: ``fast`` with the model's forward from ``torch.compile`` (default mode) inside the graph
   (the engine with ``compile: true, cuda_graph: on``): fused elementwise kernels, one launch per step.
@@ -28,7 +29,8 @@ import argparse
 import gc
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from itertools import islice
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,9 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 from cifarlab.config import TrainConfig
 from cifarlab.data import BatchAugment, DeviceLoader, Split
 from cifarlab.models import count_params, create, list_models
-from cifarlab.train.metrics import autocast_dtype
+from cifarlab.train import make_train_step, train_epoch
 from cifarlab.train.optim import build_optimizer, build_scheduler
-from cifarlab.train.step import TrainStep, lr_on_device
 
 from .common import (EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync,
                      train_split)
@@ -119,42 +120,18 @@ class TrainPath(ABC):
     name: str
 
     def __init__(self, s: Setup):
-        self.s, self.device, self.global_step = s, s.device, 0
+        self.s, self.device = s, s.device
         self.cfg = optimisation(s.model)
         self.model = create(s.model, num_classes=100)
         self.params = count_params(self.model)
         self.loss_sum = torch.zeros((), device=s.device)
         self.images = 0
 
-    def schedule(self, optimizer: torch.optim.Optimizer):
-        """The engine's per-step cosine over the whole benchmark (warm-up steps included)."""
-        self.scheduler = build_scheduler(optimizer, self.cfg, steps_per_epoch=self.s.total_steps)
-
-    def epoch(self, epoch: int, max_steps: int | None = None) -> int:
-        images = 0
-        for i, (x, y) in enumerate(self.batches(epoch)):
-            if max_steps is not None and i >= max_steps:
-                break
-            self.train_step(x, y)
-            self.scheduler.step()
-            self.global_step += 1
-            images += len(y)
-            if self.global_step % NAN_CHECK_EVERY == 0:
-                self.check_finite()
-        self.images += images
-        return images
-
     def mean_loss(self) -> float:
-        return self.loss_sum.item() / max(self.images, 1)
-
-    def check_finite(self) -> None:
-        """The common recipe has no non-finite check; the device paths read their flag here."""
+        return float(self.loss_sum) / max(self.images, 1)
 
     @abstractmethod
-    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
-    @abstractmethod
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None: ...
+    def epoch(self, epoch: int, max_steps: int | None = None) -> int: ...
 
     @abstractmethod
     def describe(self) -> dict: ...
@@ -167,22 +144,26 @@ class RecipePath(TrainPath):
         super().__init__(s)
         self.model = self.model.to(s.device)
         self.optimizer = build_optimizer(self.model, self.cfg)  # foreach SGD, no decay on norms and biases
-        self.schedule(self.optimizer)
+        # the engine's per-step cosine over the whole benchmark (warm-up steps included)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, steps_per_epoch=s.total_steps)
         transform, self.transforms = recipe_transform(s.mean, s.std)
         self.loader = DataLoader(RecipeDataset(s.split, transform), batch_size=s.batch, shuffle=True, drop_last=True,
                                  num_workers=s.workers, pin_memory=s.device.type == "cuda",
                                  persistent_workers=s.workers > 0)
 
-    def batches(self, epoch):
-        return iter(self.loader)
-
-    def train_step(self, x, y):
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        loss = F.cross_entropy(self.model(x), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.loss_sum += loss.detach() * len(y)
+    def epoch(self, epoch, max_steps=None):
+        images = 0
+        for x, y in islice(self.loader, max_steps):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.loss_sum += loss.detach() * len(y)
+            images += len(y)
+        self.images += images
+        return images
 
     def describe(self):
         return {"precision": "fp32", "memory_format": "contiguous", "graphed": False, "optimizer": "SGD foreach",
@@ -190,7 +171,8 @@ class RecipePath(TrainPath):
 
 
 class DevicePath(TrainPath):
-    """The engine's data and step: the split on the device, augmented in batches, bf16 on CUDA, ``TrainStep``."""
+    """The engine's data, step and epoch loop (``make_train_step``, ``train_epoch``): the split on the device,
+    augmented in batches, bf16 on CUDA."""
 
     graph = False
     compiled = False
@@ -198,34 +180,30 @@ class DevicePath(TrainPath):
     def __init__(self, s: Setup):
         super().__init__(s)
         self.model = self.model.to(s.device, memory_format=torch.channels_last)
-        self.autocast_dtype = autocast_dtype("auto", s.device)
         aug = BatchAugment(s.mean, s.std, crop_padding=4, hflip=True, device=s.device)
         self.loader = DeviceLoader(s.split, s.batch, s.mean, s.std, s.device, train=True, augment=aug, seed=0)
         graph = self.graph and s.device.type == "cuda"
-        optimizer = build_optimizer(self.model, self.cfg, capturable=graph)
-        self.schedule(optimizer)
-        lr_on_device(optimizer, s.device if graph else None)
         forward = torch.compile(self.model) if self.compiled else self.model
         with Timer(s.device) as t:
-            self.step = TrainStep(self.model, optimizer, forward=forward, autocast_dtype=self.autocast_dtype,
-                                  graph=graph, sample=next(self.batches(0)) if graph else None)
+            self.training = make_train_step(self.model, self.cfg, s.device, steps_per_epoch=s.total_steps,
+                                            graph=graph, forward=forward,
+                                            sample=next(self.batches(0)) if graph else None)
         self.setup_seconds = t.seconds
-        self.loss_sum = self.step.loss_sum
+        self.step = self.training.step
 
     def batches(self, epoch):
         self.loader.set_epoch(epoch)
         return iter(self.loader)
 
-    def train_step(self, x, y):
-        self.step.step(x, y)
-
-    def check_finite(self):
-        bad = self.step.first_nonfinite_step()
-        if bad is not None:
-            raise SystemExit(f"{self.name} path: non-finite loss or gradient at step {bad}")
+    def epoch(self, epoch, max_steps=None):
+        stats = train_epoch(self.training, islice(self.batches(epoch), max_steps), nan_check_every=NAN_CHECK_EVERY)
+        self.loss_sum += stats.loss * stats.images
+        self.images += stats.images
+        return stats.images
 
     def describe(self):
-        out = {"precision": "bf16 autocast" if self.autocast_dtype else "fp32", "memory_format": "channels_last",
+        out = {"precision": "bf16 autocast" if self.step.autocast_dtype else "fp32",
+               "memory_format": "channels_last",
                "loader": "DeviceLoader + BatchAugment", "graphed": self.step.graphed, "compiled": self.compiled,
                "optimizer": "SGD fused, LR tensor" if self.step.graphed else "SGD foreach"}
         if self.step.graphed:
@@ -287,7 +265,6 @@ def measure(path_name: str, model_name: str, batch: int, split: Split, mean, std
         with Timer(device) as t:
             images += path.epoch(e)
         epoch_seconds.append(t.seconds)
-    path.check_finite()
     profile = None
     if args.profile_steps:
         try:

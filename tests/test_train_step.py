@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from cifarlab.config import build_config
 from cifarlab.models import create
+from cifarlab.train import make_train_step, train_epoch
 from cifarlab.train.ema import WeightEma
 from cifarlab.train.optim import build_optimizer, build_scheduler, load_optimizer_state, param_groups
 from cifarlab.train.step import TrainStep, lr_on_device
@@ -42,15 +43,16 @@ def cfg(**over):
     return build_config({"model": "resnet20", "lr": 0.1, "weight_decay": 5e-4, "epochs": 2, **over})
 
 
-def make_step(model, device="cpu", graph=False, **over):
-    c = cfg(**over)
-    opt = build_optimizer(model, c, capturable=graph)
-    sched = build_scheduler(opt, c, steps_per_epoch=5)
-    lr_on_device(opt, device if graph else None)
-    ema = WeightEma(model, c.ema_decay) if c.ema_decay else None
+def make_training(model, device="cpu", graph=False, capturable=None, **over):
+    """The engine's builder, as ``fit`` calls it."""
     sample = batches(1, device, seed=99)[0] if graph else None
-    return TrainStep(model, opt, label_smoothing=c.label_smoothing, grad_clip=c.grad_clip, ema=ema, graph=graph,
-                     sample=sample), sched
+    return make_train_step(model, cfg(**over), device, steps_per_epoch=5, graph=graph, sample=sample,
+                           capturable=capturable)
+
+
+def make_step(model, device="cpu", graph=False, **over):
+    training = make_training(model, device, graph, **over)
+    return training.step, training.scheduler
 
 
 def reference_steps(model, data, label_smoothing=0.0, grad_clip=None, ema_decay=None):
@@ -85,12 +87,13 @@ def test_eager_step_reproduces_the_plain_loop_exactly(over, soft):
     ref_model = tiny_model()
     model = copy.deepcopy(ref_model)
     ref_loss, ref_correct, ref_ema = reference_steps(ref_model, data, **over)
-    step, sched = make_step(model, **over)
+    training = make_training(model, **over)
+    step = training.step
     assert not step.graphed
-    for x, y in data:
-        step.step(x, y)
-        sched.step()
+    stats = train_epoch(training, data, first_step=0, nan_check_every=3)
     assert torch.equal(step.loss_sum, ref_loss) and step.correct.item() == ref_correct
+    assert (stats.images, stats.loss, stats.top1) == (4 * BATCH, ref_loss.item() / (4 * BATCH),
+                                                      ref_correct / (4 * BATCH))
     for k, v in weights(ref_model).items():
         assert torch.equal(weights(model)[k], v), k
     if ref_ema is not None:
@@ -149,12 +152,9 @@ def test_accumulators_reset_in_place():
 def test_a_tensor_lr_follows_the_scheduler_in_place():
     """The graph path's LR: one tensor per group, written in place every step, whatever the scheduler does."""
     model = tiny_model()
-    c = cfg(warmup_epochs=1)
-    opt = build_optimizer(model, c)
-    sched = build_scheduler(opt, c, steps_per_epoch=5)
-    lr_on_device(opt, "cpu")
+    training = make_training(model, capturable=True, warmup_epochs=1)
+    step, opt, sched = training.step, training.optimizer, training.scheduler
     lrs = [g["lr"] for g in opt.param_groups]
-    step = TrainStep(model, opt)
     seen = []
     for x, y in batches(4):
         step.step(x, y)
@@ -261,12 +261,8 @@ def test_cuda_graph_step_matches_the_same_step_run_eagerly(over, monkeypatch):
     start = weights(graph_model)
     graphed, g_sched = make_step(graph_model, "cuda", graph=True, **over)
     # the same fused optimizer and tensor LR, run eagerly: only the graph differs
-    c = cfg(**over)
-    opt = build_optimizer(eager_model, c, capturable=True)
-    e_sched = build_scheduler(opt, c, steps_per_epoch=5)
-    lr_on_device(opt, "cuda")
-    eager = TrainStep(eager_model, opt, label_smoothing=c.label_smoothing, grad_clip=c.grad_clip,
-                      ema=WeightEma(eager_model, c.ema_decay) if c.ema_decay else None)
+    eager_training = make_training(eager_model, "cuda", capturable=True, **over)
+    eager, e_sched = eager_training.step, eager_training.scheduler
     assert graphed.graphed and not eager.graphed and graphed.capture_error is None
     for k, v in weights(graph_model).items():  # the warm-up was undone
         assert torch.equal(v, start[k]), k

@@ -1,5 +1,6 @@
 """Training: one engine for every registered model."""
 
-from .engine import NonFiniteLossError, RunFiles, fit
+from .engine import RunFiles, fit
+from .loop import NonFiniteLossError, Training, make_train_step, train_epoch
 
-__all__ = ["NonFiniteLossError", "RunFiles", "fit"]
+__all__ = ["NonFiniteLossError", "RunFiles", "Training", "fit", "make_train_step", "train_epoch"]

@@ -8,11 +8,12 @@
     result.json      the run record (SPEC §9 keys, per-class accuracy, per-image correctness ...)
     tensorboard/     accelerate's TensorBoard tracker, when tensorboard is installed
 
-The step itself is ``step.TrainStep``: on a single CUDA device it is captured
-once as a CUDA graph and replayed (``cuda_graph``), elsewhere it runs eagerly;
-both run the same body. Metrics stay on the device; the host reads the
-non-finite flag every ``nan_check_every`` steps and the epoch's loss and
-accuracy after its last step.
+The step is built by ``loop.make_train_step`` and every epoch runs through
+``loop.train_epoch`` (the one path ``cifarlab profile``, the benchmarks and the
+tests take too). On a single CUDA device the step is captured once as a CUDA
+graph and replayed (``cuda_graph``), elsewhere it runs eagerly; both run the
+same body. Metrics stay on the device; the host reads the non-finite flag every
+``nan_check_every`` steps and the epoch's loss and accuracy after its last step.
 
 Timing: ``epoch_seconds`` and ``images_per_second`` cover the training steps only
 (device synchronised before and after the epoch's steps; augmentation, the
@@ -43,16 +44,10 @@ from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, s
 from ..io import atomic_open, read_json, write_json
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
-from .checkpoint import find_latest, load_checkpoint, save_checkpoint
-from .ema import WeightEma
-from .metrics import (autocast_context, autocast_dtype, correctness_string, environment, evaluate,
-                      measure_inference, peak_memory_bytes, per_class_accuracy, superclass_accuracy)
-from .optim import build_optimizer, build_scheduler, load_optimizer_state
-from .step import TrainStep, lr_on_device
-
-
-class NonFiniteLossError(CifarlabError):
-    pass
+from .checkpoint import find_latest, save_checkpoint
+from .loop import EpochStats, NonFiniteLossError, Training, make_train_step, train_epoch
+from .metrics import (autocast_context, correctness_string, environment, evaluate, measure_inference,
+                      peak_memory_bytes, per_class_accuracy, superclass_accuracy)
 
 
 @dataclass
@@ -186,24 +181,11 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
         _check_same_config(files, cfg)
         return read_json(files.result)
     accelerator = _accelerator(cfg, files.root)
-    main = accelerator.is_main_process
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
     graph = _use_cuda_graph(cfg, device, world)
-    with accelerator.main_process_first():
-        data = data or load_data(cfg.dataset, cfg.data, val_split=cfg.val_split)
-    if cfg.train_subset and cfg.train_subset < len(data.train):
-        data = subsample_train(data, cfg.train_subset, seed=cfg.seed)
-    if cfg.batch_size > len(data.train) // world:
-        raise CifarlabError(f"batch_size {cfg.batch_size} is larger than the training split per process "
-                            f"({len(data.train) // world} images)")
+    data = _run_data(cfg, accelerator, data)
     _set_determinism(cfg)
-    try:
-        model = create(cfg.model, num_classes=data.num_classes, **cfg.model_kwargs)
-    except ValueError as e:  # a constructor rejecting a model_kwargs value (e.g. depth 7) is the user's to fix
-        if not cfg.model_kwargs:
-            raise
-        raise CifarlabError(f"model {cfg.model!r} rejects model_kwargs {cfg.model_kwargs}: "
-                            f"{str(e).splitlines()[0]}") from None
+    model = _create_model(cfg, data.num_classes)
     params, macs = count_params(model), count_macs(model)
     resuming = False
     if main:  # only now, with data and model known to be good, does the run folder appear
@@ -213,108 +195,34 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     for n in data.notes:
         accelerator.print(n)
 
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device=device, memory_format=fmt)
-    ema = WeightEma(model, cfg.ema_decay) if cfg.ema_decay else None
-
-    aug = BatchAugment.from_config(cfg.augment, data.mean, data.std, device, num_classes=data.num_classes)
-    train_loader = DeviceLoader(data.train, cfg.batch_size, data.mean, data.std, device, train=True, augment=aug,
-                                seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
-    eval_loaders = {s: DeviceLoader(getattr(data, s), cfg.eval_batch_size, data.mean, data.std, device,
-                                    channels_last=cfg.channels_last)
-                    for s in ("val", "test") if getattr(data, s) is not None}
-    spe = len(train_loader)
-    optimizer = build_optimizer(model, cfg, capturable=graph)
-    scheduler = build_scheduler(optimizer, cfg, spe)  # before lr_on_device: its base learning rates stay floats
-
-    start_epoch, history = 1, {"epoch_seconds": [], "wall_before": 0.0, "selected": None}
-    if resume:
-        found = find_latest(files.checkpoints)
-        if found:
-            epoch, path, notes = found
-            for n in notes:
-                accelerator.print(n)
-            state = load_checkpoint(path, model, ema.module if ema else None, map_location=device)
-            load_optimizer_state(optimizer, state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            _set_rng_state(state["rng"])
-            history = state["history"]
-            start_epoch = epoch + 1
-            if main:
-                _rewrite_metrics(files.metrics, epoch)
-            accelerator.print(f"resuming {files.root} after epoch {epoch}")
-        elif resuming:
-            if any(files.checkpoints.glob("epoch-*")):
-                accelerator.print(f"no intact checkpoint in {files.checkpoints}; starting again from epoch 1")
-            if main:
-                _rewrite_metrics(files.metrics, 0)
-
-    lr_on_device(optimizer, device if graph else None)
+    model = model.to(device=device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    train_loader, eval_loaders = _loaders(cfg, data, device, accelerator.process_index, world)
+    found = _resume_point(files, accelerator, resume, resuming)
+    start_epoch = found[0] + 1 if found else 1
     forward = accelerator.prepare_model(model) if world > 1 else model  # DDP across processes
     if cfg.compile:
         forward = torch.compile(forward)
+    training = make_train_step(model, cfg, device, steps_per_epoch=len(train_loader), graph=graph, forward=forward,
+                               sample=_first_batch(train_loader, start_epoch) if graph else None,
+                               checkpoint=found[1] if found else None)
+    history = _start_history(training, accelerator)
     if accelerator.log_with:
         accelerator.init_trackers("tb", config={k: str(v) for k, v in cfg.model_dump().items()})
-    eval_model = ema.module if ema else model
-    amp = autocast_dtype(cfg.precision, device)
-    autocast = autocast_context(device, amp)
-
-    sample = None
-    if graph:
-        train_loader.set_epoch(start_epoch)
-        sample = next(iter(train_loader))  # fixes the shapes; a fresh iterator per epoch, so nothing is consumed
-    step_fn = TrainStep(model, optimizer, forward=forward, label_smoothing=cfg.label_smoothing, autocast_dtype=amp,
-                        grad_clip=cfg.grad_clip, ema=ema, graph=graph, sample=sample)
-    if step_fn.capture_error:
-        accelerator.print(f"CUDA graph capture failed ({step_fn.capture_error}); training eagerly")
-    history.setdefault("train_step", []).append("cuda_graph" if step_fn.graphed else "eager")
-    header = (f"{cfg.model}: {params:,} params, {macs / 1e6:.2f} M MACs | {data.name} ({data.kind}) "
-              f"{data.split_sizes()} | {cfg.epochs} epochs x {spe} steps, batch {cfg.batch_size}x{world} on {device}"
-              f"{' (CUDA graph step)' if step_fn.graphed else ''}")
-    accelerator.print(header)
+    eval_model, autocast = training.eval_model, autocast_context(device, training.step.autocast_dtype)
+    accelerator.print(_header(cfg, data, params, macs, world, device, training))
     for epoch in range(start_epoch, cfg.epochs + 1):
         train_loader.set_epoch(epoch)
-        step_fn.reset_metrics()
-        step_fn.start_at((epoch - 1) * spe)
-        seen = 0
-        bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (progress and main),
-                   dynamic_ncols=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        for step, (x, y) in enumerate(train_loader):
-            step_fn.step(x, y)
-            scheduler.step()
-            seen += len(y)
-            if (step + 1) % cfg.nan_check_every == 0 or step + 1 == spe:  # the host waits here anyway
-                _check_finite(step_fn.first_nonfinite_step(), spe, files, main)
-                bar.update(step + 1 - bar.n)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        step_seconds = time.perf_counter() - t0
-        bar.close()
-        history["epoch_seconds"].append(round(step_seconds, 4))
-
-        row = {"epoch": epoch, "lr": float(optimizer.param_groups[0]["lr"]),
-               "train_loss": round(step_fn.loss_sum.item() / seen, 5),
-               "train_top1": round(step_fn.correct.item() / seen, 5),
-               "epoch_seconds": round(step_seconds, 4),
-               "images_per_second": round(seen * world / step_seconds, 1)}
-        last = epoch == cfg.epochs
-        evals = {}
-        if last or epoch % cfg.eval_every == 0:
-            for split, loader in eval_loaders.items():
-                evals[split] = evaluate(eval_model, loader, autocast)
-                row[f"{split}_top1"], row[f"{split}_top5"] = round(evals[split]["top1"], 5), round(evals[split]["top5"], 5)
-                row[f"{split}_loss"] = round(evals[split]["loss"], 5)
-            history["selected"] = _select(history["selected"], evals, epoch, cfg, last)
+        stats = _train(training, train_loader, epoch, cfg, files, main, show=progress and main)
+        history["epoch_seconds"].append(round(stats.seconds, 4))
+        row = _epoch_row(epoch, stats, training, world)
+        if epoch == cfg.epochs or epoch % cfg.eval_every == 0:
+            evals = {split: evaluate(eval_model, loader, autocast) for split, loader in eval_loaders.items()}
+            row.update(_eval_columns(evals))
+            history["selected"] = _select(history["selected"], evals, epoch, cfg, epoch == cfg.epochs)
         if main:
             _append_metrics(files.metrics, row)
             accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            elapsed = history["wall_before"] + time.perf_counter() - wall_start
-            state = {"epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": _rng_state(), "history": {**history, "wall_before": elapsed}}
-            save_checkpoint(files.checkpoints, epoch, model, state, ema.module if ema else None, cfg.keep_checkpoints)
+            _save(files, epoch, training, history, wall_start, cfg.keep_checkpoints)
         accelerator.print(_epoch_line(row, cfg.epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, train_loader)
@@ -331,15 +239,127 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     return result if result is not None else {}
 
 
-def _check_finite(bad: int | None, spe: int, files: RunFiles, main: bool) -> None:
-    if bad is not None:
-        epoch, step = bad // spe + 1, bad % spe + 1
-        msg = (f"non-finite loss or gradient at epoch {epoch}, step {step} of {spe}; stopped. "
-               f"The last good checkpoint "
-               f"(epoch {epoch - 1}) is kept; try a lower --lr or grad_clip")
+def _run_data(cfg: TrainConfig, accelerator: Accelerator, data: CifarData | None) -> CifarData:
+    """The run's splits (``train_subset`` applied), refused when one batch per process does not fit."""
+    with accelerator.main_process_first():
+        data = data or load_data(cfg.dataset, cfg.data, val_split=cfg.val_split)
+    if cfg.train_subset and cfg.train_subset < len(data.train):
+        data = subsample_train(data, cfg.train_subset, seed=cfg.seed)
+    per_process = len(data.train) // accelerator.num_processes
+    if cfg.batch_size > per_process:
+        raise CifarlabError(f"batch_size {cfg.batch_size} is larger than the training split per process "
+                            f"({per_process} images)")
+    return data
+
+
+def _create_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    try:
+        return create(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
+    except ValueError as e:  # a constructor rejecting a model_kwargs value (e.g. depth 7) is the user's to fix
+        if not cfg.model_kwargs:
+            raise
+        raise CifarlabError(f"model {cfg.model!r} rejects model_kwargs {cfg.model_kwargs}: "
+                            f"{str(e).splitlines()[0]}") from None
+
+
+def _loaders(cfg: TrainConfig, data: CifarData, device: torch.device, rank: int,
+             world: int) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
+    """This process's slice of the training split (augmented on the device) and the evaluation splits."""
+    aug = BatchAugment.from_config(cfg.augment, data.mean, data.std, device, num_classes=data.num_classes)
+    train = DeviceLoader(data.train, cfg.batch_size, data.mean, data.std, device, train=True, augment=aug,
+                         seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
+    evals = {s: DeviceLoader(getattr(data, s), cfg.eval_batch_size, data.mean, data.std, device,
+                             channels_last=cfg.channels_last)
+             for s in ("val", "test") if getattr(data, s) is not None}
+    return train, evals
+
+
+def _resume_point(files: RunFiles, accelerator: Accelerator, resume: bool, resuming: bool) -> tuple[int, Path] | None:
+    """The newest intact checkpoint to continue from; metric lines after it are dropped (they are written again)."""
+    if not resume:
+        return None
+    main = accelerator.is_main_process
+    found = find_latest(files.checkpoints)
+    if found:
+        epoch, path, notes = found
+        for n in notes:
+            accelerator.print(n)
         if main:
-            write_json(files.error, {"error": msg, "epoch": epoch, "step": step})
-        raise NonFiniteLossError(msg)
+            _rewrite_metrics(files.metrics, epoch)
+        accelerator.print(f"resuming {files.root} after epoch {epoch}")
+        return epoch, path
+    if resuming:
+        if any(files.checkpoints.glob("epoch-*")):
+            accelerator.print(f"no intact checkpoint in {files.checkpoints}; starting again from epoch 1")
+        if main:
+            _rewrite_metrics(files.metrics, 0)
+    return None
+
+
+def _first_batch(loader: DeviceLoader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch that fixes the graph's shapes; a fresh iterator per epoch, so nothing is consumed."""
+    loader.set_epoch(epoch)
+    return next(iter(loader))
+
+
+def _start_history(training: Training, accelerator: Accelerator) -> dict:
+    """The resumed run's history, with its RNG state put back, or a fresh one; and which step runs now."""
+    history = {"epoch_seconds": [], "wall_before": 0.0, "selected": None}
+    if training.resumed is not None:
+        _set_rng_state(training.resumed["rng"])
+        history = training.resumed["history"]
+    if training.step.capture_error:
+        accelerator.print(f"CUDA graph capture failed ({training.step.capture_error}); training eagerly")
+    history.setdefault("train_step", []).append("cuda_graph" if training.step.graphed else "eager")
+    return history
+
+
+def _header(cfg: TrainConfig, data: CifarData, params: int, macs: int, world: int, device: torch.device,
+            training: Training) -> str:
+    return (f"{cfg.model}: {params:,} params, {macs / 1e6:.2f} M MACs | {data.name} ({data.kind}) "
+            f"{data.split_sizes()} | {cfg.epochs} epochs x {training.steps_per_epoch} steps, batch "
+            f"{cfg.batch_size}x{world} on {device}{' (CUDA graph step)' if training.step.graphed else ''}")
+
+
+def _train(training: Training, loader: DeviceLoader, epoch: int, cfg: TrainConfig, files: RunFiles, main: bool,
+           show: bool) -> EpochStats:
+    """``train_epoch`` under a progress bar; a non-finite loss is also recorded in ``error.json``."""
+    spe = training.steps_per_epoch
+    bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show, dynamic_ncols=True)
+    try:
+        return train_epoch(training, loader, first_step=(epoch - 1) * spe, nan_check_every=cfg.nan_check_every,
+                           progress=bar)
+    except NonFiniteLossError as e:
+        if main:
+            write_json(files.error, {"error": str(e), "epoch": e.epoch, "step": e.step})
+        raise
+    finally:
+        bar.close()
+
+
+def _epoch_row(epoch: int, stats: EpochStats, training: Training, world: int) -> dict:
+    return {"epoch": epoch, "lr": float(training.optimizer.param_groups[0]["lr"]),
+            "train_loss": round(stats.loss, 5), "train_top1": round(stats.top1, 5),
+            "epoch_seconds": round(stats.seconds, 4),
+            "images_per_second": round(stats.images * world / stats.seconds, 1)}
+
+
+def _eval_columns(evals: dict[str, dict]) -> dict:
+    cols = {}
+    for split, ev in evals.items():
+        cols.update({f"{split}_top1": round(ev["top1"], 5), f"{split}_top5": round(ev["top5"], 5),
+                     f"{split}_loss": round(ev["loss"], 5)})
+    return cols
+
+
+def _save(files: RunFiles, epoch: int, training: Training, history: dict, wall_start: float, keep: int) -> None:
+    """This epoch's checkpoint: weights, EMA, optimizer, scheduler, RNG and the history so far."""
+    elapsed = history["wall_before"] + time.perf_counter() - wall_start
+    state = {"epoch": epoch, "optimizer": training.optimizer.state_dict(),
+             "scheduler": training.scheduler.state_dict(), "rng": _rng_state(),
+             "history": {**history, "wall_before": elapsed}}
+    save_checkpoint(files.checkpoints, epoch, training.step.model, state,
+                    training.ema.module if training.ema else None, keep)
 
 
 def _select(selected: dict | None, evals: dict, epoch: int, cfg: TrainConfig, last: bool) -> dict | None:

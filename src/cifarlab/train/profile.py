@@ -2,38 +2,27 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..config import TrainConfig
 from ..models import count_macs, count_params, create, get_entry
 from ..models.complexity import MAC_CONVENTION
+from .loop import make_train_step, train_epoch
 from .metrics import autocast_context, autocast_dtype, device_name, measure_inference, peak_memory_bytes
-from .optim import build_optimizer
-from .step import TrainStep, lr_on_device
+from .step import TrainStep
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_training(model, forward, device, batch_size: int, steps: int, autocast_dtype, graph: bool,
+def measure_training(model, forward, device, batch_size: int, steps: int, graph: bool,
                      warmup: int = 3) -> tuple[float, TrainStep]:
-    """Training images/s of the engine's step on one random batch (total over ``steps``, after ``warmup``)."""
+    """Training images/s of the engine's step and epoch loop on one random batch (``steps`` timed after
+    ``warmup``), with the engine's default SGD."""
     x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 100, (batch_size,), device=device)
-    opt = build_optimizer(model, TrainConfig(lr=1e-3), capturable=graph)  # the engine's SGD for this path
-    lr_on_device(opt, device if graph else None)
-    step = TrainStep(model, opt, forward=forward, autocast_dtype=autocast_dtype, graph=graph, sample=(x, y))
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t = time.perf_counter()
-        step.step(x, y)
-    _sync(device)
-    return batch_size * steps / (time.perf_counter() - t), step
+    training = make_train_step(model, TrainConfig(lr=1e-3), device, steps_per_epoch=warmup + steps, graph=graph,
+                               sample=(x, y), forward=forward)
+    train_epoch(training, [(x, y)] * warmup)
+    timed = train_epoch(training, [(x, y)] * steps)
+    return timed.images / timed.seconds, training.step
 
 
 def profile_model(name: str, batch_size: int = 256, compile: bool = False, steps: int = 20,
@@ -51,7 +40,7 @@ def profile_model(name: str, batch_size: int = 256, compile: bool = False, steps
     run = torch.compile(model) if compile else model
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    train_ips, step = measure_training(model, run, device, batch_size, steps, amp, graph)
+    train_ips, step = measure_training(model, run, device, batch_size, steps, graph)
     infer = measure_inference(run, device, batch_size, autocast_context(device, amp))
     return {
         "model": name, "family": entry.family, "tier": entry.tier, "params": params, "macs": macs,
