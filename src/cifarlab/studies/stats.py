@@ -27,10 +27,12 @@ freedom by Satterthwaite (1946). Both intervals need >= 2 seeds per side.
 Small seed counts take t quantiles, never normal ones: 3 seeds per side give about 4 degrees of
 freedom, t = 2.78 where the normal quantile is 1.96.
 
-What a design can detect: the minimum detectable difference at 80 % power of the two-sided 5 % test,
-``MDE = (t(1 - α/2, ν) + t(power, ν)) σ sqrt(1/n_A + 1/n_B)`` with the Welch degrees of freedom ``ν`` of
-equal seed SDs ``σ`` (the usual t approximation of the noncentral-t power; within 1.2 % of it from 3 seeds
-per side up). ``σ`` is pooled over the finished runs of a study, or a stated prior before any finishes.
+What a design can detect: the minimum detectable difference (MDE), the smallest true difference that the
+verdict's test (Welch's, two-sided 5 %) finds with 80 % power, for equal seed SDs ``σ``. Its power is computed
+exactly for normal top-1, over the distribution of the two sample variances; the textbook
+``(t(1 - α/2, ν) + t(power, ν)) σ sqrt(1/n_A + 1/n_B)`` with ``ν = n_A + n_B - 2`` is the power of the pooled
+t-test and overstates Welch's with 3 seeds per side. ``σ`` is pooled over the finished runs of a study, or a
+stated prior before any finishes.
 
 A gain is claimed only when both sides have >= 3 seeds and the test-set CI lies above zero ("worse":
 below zero). ``benchmarks/stats_coverage.py`` checks the coverage of both intervals by simulation.
@@ -199,24 +201,65 @@ def seed_spread(top1_by_variant: Iterable[Sequence[float]], prior: float = PRIOR
     return SeedSpread(math.sqrt(ss / dof), runs, groups) if dof else SeedSpread(prior)
 
 
+def _chi2_nodes(df: float, n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights with E[g(V)] ~ sum(w g(x)) for V ~ chi-square(df): generalised Gauss-Laguerre
+    quadrature from the eigenvectors of its Jacobi matrix (Golub & Welsch 1969)."""
+    a, i = df / 2 - 1, np.arange(1, n)
+    off = np.sqrt(i * (i + a))
+    x, v = np.linalg.eigh(np.diag(2 * np.arange(n) + a + 1) + np.diag(off, 1) + np.diag(off, -1))
+    return 2 * x, v[0] ** 2
+
+
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, elementwise: 1/2 plus the density integrated over [0, |x|] (Gauss-Legendre)."""
+    r = np.minimum(np.abs(x), 9.0)  # 1 - Φ(9) < 1e-18
+    pts = r[..., None] / 2 * (1 + _GL_NODES)
+    half = r / 2 * (np.exp(-pts * pts / 2) @ _GL_WEIGHTS) / math.sqrt(2 * math.pi)
+    return 0.5 + np.sign(x) * half
+
+
 def min_detectable_difference(n_base: int, n_var: int, seed_sd: float, level: float = CI_LEVEL,
                               power: float = POWER) -> float:
-    """Smallest true difference the two-sided test at ``1 - level`` finds with probability ``power``, with
-    ``n_base`` and ``n_var`` seeds and seed SD ``seed_sd`` on both sides (needs >= 2 seeds per side)."""
-    if min(n_base, n_var) < 2:
-        raise ValueError("a difference is only detectable with >= 2 seeds per side")
+    """Smallest true difference that Welch's two-sided test at ``1 - level`` finds with probability ``power``,
+    with ``n_base`` and ``n_var`` seeds (>= 3 each) and seed SD ``seed_sd`` on both sides.
+
+    The power is exact for normal top-1 with equal spreads: the probability that ``|Z + λ|`` exceeds
+    ``t(ν̂) SE/σ_Δ``, averaged over the two sample variances (which set ``SE`` and the Welch degrees of freedom
+    ``ν̂``) by quadrature; ``λ = difference/σ_Δ`` is then found by Newton's method from the usual
+    approximation ``t(1 - α/2, ν) + t(power, ν)``.
+    """
+    if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM:
+        raise ValueError(f"a difference is only detectable with >= {MIN_SEEDS_FOR_A_CLAIM} seeds per side")
+    (va, wa), (vb, wb) = _chi2_nodes(n_base - 1), _chi2_nodes(n_var - 1)
+    sa, sb = (va / (n_base - 1))[:, None], (vb / (n_var - 1))[None, :]  # sample variances over the seed variance
+    scale = 1 / n_base + 1 / n_var
+    cut = t_quantile((1 + level) / 2, welch_df(sa, n_base, sb, n_var).ravel()) * np.sqrt(
+        (sa / n_base + sb / n_var).ravel() / scale)
+    w = (wa[:, None] * wb[None, :]).ravel()
     df = float(welch_df(1.0, n_base, 1.0, n_var))
-    return (t_quantile((1 + level) / 2, df) + t_quantile(power, df)) * seed_sd * math.sqrt(1 / n_base + 1 / n_var)
+    lam = t_quantile((1 + level) / 2, df) + t_quantile(power, df)
+    for _ in range(30):
+        p = w @ (_normal_cdf(lam - cut) + _normal_cdf(-lam - cut))
+        slope = w @ (np.exp(-(lam - cut) ** 2 / 2) - np.exp(-(lam + cut) ** 2 / 2)) / math.sqrt(2 * math.pi)
+        step = (p - power) / slope
+        lam -= step
+        if abs(step) < 1e-10:
+            break
+    return lam * seed_sd * math.sqrt(scale)
 
 
 def seeds_needed(target: float, seed_sd: float, level: float = CI_LEVEL, power: float = POWER,
                  most: int = 1000) -> int | None:
-    """Fewest seeds per side (>= ``MIN_SEEDS_FOR_A_CLAIM``) whose MDE is at most ``target``; None beyond ``most``."""
-    n = np.arange(MIN_SEEDS_FOR_A_CLAIM, most + 1)
-    df = 2.0 * n - 2  # the Welch degrees of freedom of equal seed counts and spreads
-    mde = (t_quantile((1 + level) / 2, df) + t_quantile(power, df)) * seed_sd * np.sqrt(2 / n)
-    ok = np.flatnonzero(mde <= target)
-    return int(n[ok[0]]) if len(ok) else None
+    """Fewest seeds per side (>= ``MIN_SEEDS_FOR_A_CLAIM``) whose MDE is at most ``target``; None beyond ``most``
+    (bisection: the MDE falls as seeds are added)."""
+    mde = lambda n: min_detectable_difference(n, n, seed_sd, level, power)  # noqa: E731
+    lo, hi = MIN_SEEDS_FOR_A_CLAIM, most
+    if mde(hi) > target:
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if mde(mid) <= target else (mid + 1, hi)
+    return lo
 
 
 def detectable_text(n_base: int, n_var: int, spread: SeedSpread) -> str:
