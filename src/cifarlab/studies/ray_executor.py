@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -212,12 +213,13 @@ def _progress_line(total: int, done: int, failed: int, running: int, pending: in
 def run_study_ray(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1), *, address: str | None = None,
                   cpus_per_run: float = 1, gpus_per_run: float = 0, max_retries: int = DEFAULT_MAX_RETRIES,
                   retry_failed: bool = False, dashboard: bool = False,
-                  log: Callable[[str], Any] = print) -> list[Outcome]:
+                  log: Callable[[str], Any] = partial(print, flush=True)) -> list[Outcome]:
     """Run every missing run of ``study`` in shard ``shard`` as Ray tasks; one outcome per run, in study order.
 
     ``address`` is a Ray cluster (``auto`` or HOST:PORT); without it a local
     instance on 127.0.0.1 uses this machine's CPUs and GPUs and stops at the end.
-    Ctrl-C cancels the tasks; running the same study again continues.
+    Ctrl-C cancels the tasks; running the same study again continues. ``log`` gets the progress lines
+    (flushed at once by default, so that a log file shows them live).
     """
     if cpus_per_run <= 0 or gpus_per_run < 0 or max_retries < 0:
         raise CifarlabError("--cpus-per-run must be > 0, --gpus-per-run and --max-retries >= 0")
