@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file
 
 from cifarlab import CifarlabError
@@ -197,8 +198,11 @@ def test_graph_path_resumes_bit_exact_and_takes_over_an_eager_run(tmp_path, monk
     assert mixed["train_step"] == "eager+cuda_graph" and len(_rows(tmp_path / "mixed")) == 3
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA device")
-def test_cuda_graph_on_without_a_gpu_is_refused_before_the_run_folder(tmp_path):
+def test_cuda_graph_on_without_a_gpu_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    # a machine without a CUDA device: CUDA hidden, accelerate's process-wide device state started afresh
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for state in (PartialState, AcceleratorState):
+        monkeypatch.setattr(state, "_shared_state", {})
     with pytest.raises(CifarlabError, match="cuda_graph on needs .*CUDA"):
         fit(build_config({**SMALL, "cuda_graph": "on"}), tmp_path / "g", progress=False)
     assert not (tmp_path / "g").exists()
