@@ -1,4 +1,4 @@
-"""The ``cifarlab`` command line (SPEC §9). Errors the user can fix print one line and exit 2."""
+"""The ``cifarlab`` command line. Errors the user can fix print one line and exit 2."""
 
 from __future__ import annotations
 
