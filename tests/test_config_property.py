@@ -1,4 +1,4 @@
-"""Configs, command lines and study files: valid, or rejected with one line naming the field (issue 8).
+"""Configs, command lines and study files: valid, or rejected with one line naming the field.
 
 Property-based: hypothesis feeds random mappings (real field names, junk keys, typed and untyped values,
 nested ``augment``, near-miss model names) and random ``cifarlab train`` argument lists. The only allowed

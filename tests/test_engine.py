@@ -16,7 +16,7 @@ from cifarlab.models import register_model
 from cifarlab.models.registry import _REGISTRY
 from cifarlab.train import NonFiniteLossError, fit
 
-SPEC_KEYS = {"model", "dataset", "dataset_fingerprint", "split_sizes", "top1", "top5", "params", "macs", "epochs",
+RECORD_KEYS = {"model", "dataset", "dataset_fingerprint", "split_sizes", "top1", "top5", "params", "macs", "epochs",
              "train_seconds", "images_per_second", "device", "seed", "git_commit"}
 # ResNet-8 (the resnet20 entry at depth 8) on 300 synthetic images keeps each CPU run to seconds
 SMALL = {"model": "resnet20", "model_kwargs": {"depth": 8}, "data": "synthetic:300:100", "batch_size": 50,
@@ -33,7 +33,7 @@ def test_cli_train_writes_a_complete_record(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "resnet20-cifar100-seed0"
     r = json.loads((run / "result.json").read_text())
-    assert SPEC_KEYS <= set(r)
+    assert RECORD_KEYS <= set(r)
     assert r["split_sizes"] == {"train": 1000, "test": 200} and r["epochs"] == 3
     assert 0 <= r["top5"] <= 1 and r["top1"] <= r["top5"]
     assert r["top1"] > 0.05, "synthetic data is learnable: 3 epochs must beat 1 % chance clearly"

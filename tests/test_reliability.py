@@ -1,4 +1,4 @@
-"""Reliability (issue 8): interruptions, damaged checkpoints, bad data, non-finite numerics, resources.
+"""Reliability: interruptions, damaged checkpoints, bad data, non-finite numerics, resources.
 
 Interruption tests run ``cifarlab.cli.main`` in a forked child of the test process (the imports are
 already loaded, so a child starts in milliseconds) and deliver real signals to it at exact points:

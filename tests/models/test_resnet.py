@@ -5,14 +5,15 @@ from cifarlab import CifarlabError
 from cifarlab.models import count_macs, count_params, create, list_models, register_model
 from cifarlab.models.registry import _REGISTRY
 
-# SPEC §3: ResNet-20 with 100 classes, option A / B; ResNet-56 (and its published param counts)
+# He et al. 2016 (Deep Residual Learning), CIFAR ResNets: ResNet-20 with 100 classes, option A / B; ResNet-56
+# (and the published param counts)
 @pytest.mark.parametrize("name,shortcut,params,macs", [
     ("resnet20", "A", 275_572, 40_556_800),
     ("resnet20", "B", 278_324, 40_818_944),
     ("resnet56", "A", 858_868, 125_491_456),
     ("resnet56", "B", 861_620, 125_753_600),
 ])
-def test_resnet_params_and_macs_match_spec(name, shortcut, params, macs):
+def test_resnet_params_and_macs_match_the_paper(name, shortcut, params, macs):
     m = create(name, shortcut=shortcut)
     assert count_params(m) == params
     assert count_macs(m) == macs

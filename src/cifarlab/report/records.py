@@ -225,7 +225,7 @@ def group_variants(runs: list[Run]) -> list[Variant]:
 
 
 def source_text(record: dict[str, Any]) -> str:
-    """Where a run's data came from, fit for a page: a Hub id or a synthetic spec as recorded, a local copy by its
+    """Where a run's data came from, fit for a page: a Hub id or a synthetic source as recorded, a local copy by its
     folder or file name only (the record keeps the path as the user gave it; the fingerprint identifies the data)."""
     source, kind = str(record.get("source", "?")), record.get("source_kind", "?")
     if kind in ("hub", "synthetic"):
