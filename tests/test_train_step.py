@@ -247,10 +247,7 @@ def test_ema_starts_as_a_copy_and_moves_by_the_decay():
 
 # ---------------------------------------------------------------- CUDA only: the graph itself
 
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-
-@needs_cuda
+@pytest.mark.cuda
 @pytest.mark.parametrize("over", [{}, {"optimizer": "adamw", "lr": 1e-3}, {"grad_clip": 0.5, "ema_decay": 0.9,
                                                                           "label_smoothing": 0.1}])
 def test_cuda_graph_step_matches_the_same_step_run_eagerly(over, monkeypatch):
@@ -285,7 +282,7 @@ def test_cuda_graph_step_matches_the_same_step_run_eagerly(over, monkeypatch):
         graphed.step(x[:4], y[:4])
 
 
-@needs_cuda
+@pytest.mark.cuda
 def test_a_step_that_cannot_be_captured_falls_back_to_eager():
     class HostBranch(torch.nn.Module):
         def __init__(self):
