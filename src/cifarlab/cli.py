@@ -12,9 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from . import CifarlabError
+from .io import load_yaml
 
 TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--model": ("model", str, "registered model name (see `cifarlab models`)"),
@@ -41,10 +40,7 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
 
 
 def _parse_value(key: str, text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise CifarlabError(f"--set {key}: cannot read {text!r} as a YAML value") from None
+    return load_yaml(text, f"--set {key}: cannot read {text[:60]!r} as a YAML value")
 
 
 def _set_dotted(d: dict, key: str, value: Any) -> None:
@@ -65,11 +61,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         path = Path(args.config)
         if not path.is_file():
             raise CifarlabError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            where = f" (line {e.problem_mark.line + 1})" if getattr(e, "problem_mark", None) else ""
-            raise CifarlabError(f"{path}: not a valid YAML file{where}") from None
+        loaded = load_yaml(path.read_bytes(), f"{path}: not a valid YAML file") or {}
         if not isinstance(loaded, dict):
             raise CifarlabError(f"{path}: expected a mapping of config fields")
         over.update(loaded)

@@ -9,11 +9,13 @@ starts, with a message naming the field.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import CifarlabError
+from .io import read_json
 
 
 class AugmentConfig(BaseModel):
@@ -173,3 +175,17 @@ def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainC
         return TrainConfig.model_validate(merged)
     except ValidationError as err:
         raise CifarlabError(format_validation_error(err)) from None
+
+
+def read_run_config(path: Path) -> TrainConfig:
+    """A run's ``config.json``, validated; a damaged or foreign file raises one :class:`CifarlabError`."""
+    try:
+        raw = read_json(path)
+    except (OSError, ValueError) as e:
+        raise CifarlabError(f"{path}: not a readable run config ({type(e).__name__})") from None
+    if not isinstance(raw, dict):
+        raise CifarlabError(f"{path}: not a run config (expected a JSON object)")
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise CifarlabError(format_validation_error(err, str(path))) from None

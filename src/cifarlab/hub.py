@@ -157,10 +157,14 @@ def _read_config(path: Path, where: str) -> HubConfig:
 def _load_folder(folder: Path, where: str, device: str | torch.device) -> Pretrained:
     from huggingface_hub import load_torch_model
 
+    from .train.checkpoint import check_weights
+
     config = _read_config(folder / CONFIG_FILE, where)
     model = _build(config)
-    if not any(folder.glob("*.safetensors")):
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
         raise CifarlabError(f"{where} holds no safetensors weights")
+    check_weights(model, files, where)
     try:
         load_torch_model(model, folder, strict=True, map_location=str(device))
     except (RuntimeError, ValueError, OSError) as e:

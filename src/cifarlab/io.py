@@ -1,14 +1,23 @@
-"""Atomic file writes: temp file in the same folder, fsync, rename. Readers never see half a file."""
+"""Atomic file writes (temp file in the same folder, fsync, rename: readers never see half a file) and
+the readers of JSON and YAML documents from users."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+import yaml
+
+from . import CifarlabError
+
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 
 
 @contextmanager
@@ -52,8 +61,48 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON in ``path``; a damaged file raises ``ValueError`` (nesting too deep for the parser included)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply") from None
+
+
+def _flow_depth(source: str | bytes) -> int:
+    """The deepest nesting of brackets and braces in a YAML document (quotes ignored: an upper bound in practice)."""
+    depth = deepest = 0
+    for m in re.finditer(rb"[\[{\]}]" if isinstance(source, bytes) else r"[\[{\]}]", source):
+        depth += 1 if m.group() in ("[", "{", b"[", b"{") else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_yaml(source: str | bytes, error: str) -> Any:
+    """``yaml.safe_load`` of an untrusted document (no tags that build Python objects) whose nesting and
+    alias-expanded size are bounded; anything else raises ``CifarlabError(error + " (why)")``."""
+    if _flow_depth(source) > MAX_YAML_DEPTH:  # PyYAML's scanner is quadratic in the depth of [ ] and { }
+        raise CifarlabError(f"{error} (nested more than {MAX_YAML_DEPTH} brackets deep)")
+    try:
+        value = yaml.safe_load(source)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise CifarlabError(error + (f" (line {mark.line + 1})" if mark else "")) from None
+    except RecursionError:
+        raise CifarlabError(f"{error} (nested too deeply)") from None
+    stack, count = [value], 0
+    while stack:  # aliases share nodes, so "billion laughs" documents are small until a reader walks them
+        x = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise CifarlabError(f"{error} (more than {MAX_YAML_VALUES:,} values once its aliases are expanded)")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return value
 
 
 def sha256_file(path: str | Path) -> str:

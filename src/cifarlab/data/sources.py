@@ -131,13 +131,19 @@ def _unpickle(path: Path) -> dict:
 def _label_names(meta: dict, key: bytes, path: Path) -> list[str]:
     if key not in meta:
         raise CifarlabError(f"{path}: CIFAR meta pickle without a {key!r} entry")
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+    names = meta[key]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise CifarlabError(f"{path}: CIFAR meta pickle entry {key!r} is not a list of class names")
+    return [n.decode(errors="replace") if isinstance(n, bytes) else n for n in names]
 
 
 def _pickle_split(path: Path, label_keys: list[bytes]) -> tuple[np.ndarray, list[np.ndarray]]:
     d = _unpickle(path)
     if b"data" not in d:
         raise CifarlabError(f"{path}: CIFAR pickle without a b'data' entry")
+    if not isinstance(d[b"data"], np.ndarray) or d[b"data"].dtype.kind not in "iu":
+        raise CifarlabError(f"{path}: CIFAR pickle entry b'data' holds a {type(d[b'data']).__name__}, "
+                            f"not an integer array")
     data = np.asarray(d[b"data"], dtype=np.uint8)
     if data.ndim != 2 or data.shape[1] != 3072:
         raise CifarlabError(f"{path}: CIFAR pickle data has shape {data.shape}; "
@@ -147,10 +153,16 @@ def _pickle_split(path: Path, label_keys: list[bytes]) -> tuple[np.ndarray, list
     for k in label_keys:
         if k not in d:
             raise CifarlabError(f"{path}: CIFAR pickle without a {k!r} entry")
+        v = d[k]
+        ints = v.dtype.kind in "iu" if isinstance(v, np.ndarray) else (
+            isinstance(v, (list, tuple)) and all(isinstance(i, (int, np.integer)) for i in v))
+        bad = CifarlabError(f"{path}: CIFAR pickle entry {k!r} does not hold integer labels")
+        if not ints:
+            raise bad
         try:
-            labels.append(np.asarray(d[k], dtype=np.int64).reshape(-1))
-        except (TypeError, ValueError):
-            raise CifarlabError(f"{path}: CIFAR pickle entry {k!r} does not hold integer labels") from None
+            labels.append(np.asarray(v, dtype=np.int64).reshape(-1))
+        except OverflowError:
+            raise bad from None
         if len(labels[-1]) != len(x):
             raise CifarlabError(f"{path}: CIFAR pickle has {len(x)} images but {len(labels[-1])} {k!r}")
     return x, labels
@@ -231,7 +243,7 @@ def _extract_tar(path: Path) -> Path:
                 _check_member(member, tmp, path)
                 total += member.size
                 if total > MAX_EXTRACTED_BYTES:
-                    raise CifarlabError(f"{path}: holds more than {MAX_EXTRACTED_BYTES:,} bytes; "
+                    raise CifarlabError(f"{path}: refused to extract more than {MAX_EXTRACTED_BYTES:,} bytes; "
                                         f"not a CIFAR archive")
                 tar.extract(member, tmp, filter="data")
         (tmp / ".complete").touch()

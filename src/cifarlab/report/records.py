@@ -26,6 +26,7 @@ from ..models import get_entry
 
 REQUIRED_KEYS = ("model", "dataset", "dataset_fingerprint", "top1", "top5", "params", "macs", "seed")
 SEED_FOLDER = re.compile(r"^seed(\d+)$")
+MAX_METRIC = 1e12  # larger numbers in metrics.jsonl are damage (and break the figures' axes)
 # Config fields that change how a run executes, not what it measures: runs differing only here are seeds of one variant.
 # `data` says where the images were read from; which images they are is the fingerprint (runs are grouped by it first).
 EXECUTION_FIELDS = frozenset({"seed", "eval_batch_size", "eval_every", "keep_checkpoints", "nan_check_every",
@@ -66,15 +67,24 @@ class Run:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        """The rows of ``metrics.jsonl`` (empty when the folder has none); a torn last line is ignored."""
+        """The rows of ``metrics.jsonl`` (empty when the folder has none); a torn last line (a killed run) is
+        ignored, any other line that is not an epoch's JSON object of finite numbers is refused."""
         path = self.root / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        lines = path.read_text(errors="replace").splitlines()
         rows = []
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
+        for i, line in enumerate(lines, 1):
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                if i == len(lines):
                     break
+                raise CifarlabError(f"{path}: line {i} is not JSON") from None
+            if not _epoch_row(row):
+                raise CifarlabError(f"{path}: line {i} is not an epoch's metrics (a JSON object with an integer "
+                                    f"epoch and numbers within ±{MAX_METRIC:g})")
+            rows.append(row)
         return rows
 
 
@@ -138,6 +148,24 @@ def discover(paths: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def _epoch_row(row: Any) -> bool:
+    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
+        return False
+    numbers = [v for v in row.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return all(abs(v) <= MAX_METRIC for v in numbers)  # NaN fails this too
+
+
+def _valid(key: str, value: Any) -> bool:
+    """Whether a required record field has its type: names are strings, accuracies fractions, counts finite."""
+    if key in ("model", "dataset", "dataset_fingerprint"):
+        return isinstance(value, str)
+    if key == "seed":
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    number = (isinstance(value, float) and math.isfinite(value)
+              or isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63)
+    return number and (0 <= value <= 1 if key in ("top1", "top5") else value >= 0)
+
+
 def load_run(result_path: Path) -> Run:
     try:
         record = read_json(result_path)
@@ -148,6 +176,9 @@ def load_run(result_path: Path) -> Run:
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise CifarlabError(f"{result_path}: the record lacks {', '.join(missing)}")
+    bad = [k for k in REQUIRED_KEYS if not _valid(k, record[k])]
+    if bad:
+        raise CifarlabError(f"{result_path}: not a valid run record ({', '.join(f'{k}={record[k]!r:.40}' for k in bad)})")
     root = result_path.parent
     m = SEED_FOLDER.match(root.name)
     if m:

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import CifarlabError
-from . import stats
+from ..io import load_yaml
 from .ray_executor import DEFAULT_MAX_RETRIES
+from . import stats
 from .runner import plan_lines, records_in, run_study, study_records
 from .spec import Study, load_study, parse_shard
 from .table import format_table, summary_table
@@ -30,10 +29,7 @@ def _set_overrides(items: list[str] | None) -> dict[str, Any]:
             d = d.setdefault(p, {})
             if not isinstance(d, dict):
                 raise CifarlabError(f"--set {key}: {p} is a value, not a group of fields")
-        try:
-            d[last] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise CifarlabError(f"--set {key}: cannot read {value!r} as a YAML value") from None
+        d[last] = load_yaml(value, f"--set {key}: cannot read {value[:60]!r} as a YAML value")
     return over
 
 

@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import CifarlabError
 from ..config import AugmentConfig, TrainConfig, build_config, format_validation_error
+from ..io import load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"
+MAX_SEEDS = 1000
 
 
 class VariantSpec(BaseModel):
@@ -68,7 +69,7 @@ class StudyFile(BaseModel):
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     budget: dict[str, Any] = Field(default_factory=dict)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1, max_length=MAX_SEEDS)
     baseline: str | None = None
     variants: list[VariantSpec] = Field(default_factory=list)
     grid: GridSpec | list[GridSpec] | None = None
@@ -77,8 +78,8 @@ class StudyFile(BaseModel):
     @classmethod
     def _count_to_list(cls, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool):
-            if v < 1:
-                raise ValueError("seeds must be a positive count or a list of seeds")
+            if not 1 <= v <= MAX_SEEDS:
+                raise ValueError(f"seeds must be a count from 1 to {MAX_SEEDS} or a list of seeds")
             return list(range(v))
         return v
 
@@ -272,10 +273,7 @@ def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
     path = Path(path)
     if not path.is_file():
         raise CifarlabError(f"study file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CifarlabError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    raw = load_yaml(path.read_bytes(), f"{path}: not valid YAML")
     return parse_study(raw, str(path), extra)
 
 

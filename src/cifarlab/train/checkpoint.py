@@ -19,12 +19,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
+from .. import CifarlabError
 from ..io import atomic_open, fsync_dir, fsync_file, read_json, sha256_file, write_json
 
 _NAME = re.compile(r"^epoch-(\d{4,})$")
 _REQUIRED = ("model.safetensors", "state.pt")
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
 
 
 def _epoch_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
@@ -92,6 +97,25 @@ def find_latest(ckpt_dir: Path) -> tuple[int, Path, list[str]] | None:
             return epoch, path, notes
         notes.append(f"checkpoint {path.name} is corrupt ({problem}); using an older one")
     return None
+
+
+def check_weights(model: nn.Module, files: list[Path], where: str) -> None:
+    """Refuse safetensors files that do not fit ``model`` — an unreadable header, or a tensor of another shape or
+    dtype than the model's (``load_state_dict`` would silently cast it) — before their data are read."""
+    expected = model.state_dict()
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                found = {k: f.get_slice(k) for k in f.keys()}
+                for key, s in found.items():
+                    want = expected.get(key)
+                    if want is not None and (tuple(s.get_shape()) != tuple(want.shape)
+                                             or _DTYPES.get(s.get_dtype()) != want.dtype):
+                        raise CifarlabError(f"{where}: {path.name} holds {key} as {s.get_dtype()} "
+                                            f"{list(s.get_shape())}; the model has {want.dtype} {list(want.shape)}")
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CifarlabError(f"{where}: {path.name} is not a readable safetensors file "
+                                f"({' '.join(str(e).split())[:200]})") from None
 
 
 def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None = None,

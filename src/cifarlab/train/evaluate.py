@@ -11,13 +11,13 @@ import torch
 from safetensors.torch import load_model
 
 from .. import CifarlabError
-from ..config import TrainConfig
+from ..config import TrainConfig, read_run_config
 from ..data import DeviceLoader, load_data
 from ..data.meta import DATASETS
 from ..data.testset import load_test_set
 from ..io import read_json, write_json
 from ..models import create
-from .checkpoint import find_latest
+from .checkpoint import check_weights, find_latest
 from .metrics import autocast_context, autocast_dtype, correctness_string, evaluate, per_class_accuracy
 
 
@@ -26,14 +26,22 @@ def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.devi
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise CifarlabError(f"{run_dir} is not a run folder (no config.json)")
-    cfg = TrainConfig(**read_json(cfg_path))
+    cfg = read_run_config(cfg_path)
     found = find_latest(run_dir / "checkpoints")
     if found is None:
         raise CifarlabError(f"{run_dir} has no intact checkpoint")
     epoch, path, _ = found
-    model = create(cfg.model, num_classes=100 if cfg.dataset == "cifar100" else 10, **cfg.model_kwargs)
+    try:
+        model = create(cfg.model, num_classes=DATASETS[cfg.dataset].num_classes, **cfg.model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise CifarlabError(f"{cfg_path}: cannot build {cfg.model} with options {cfg.model_kwargs}: {e}") from None
     weights = path / "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else path / "model.safetensors"
-    load_model(model, str(weights), device=str(device))
+    check_weights(model, [weights], str(run_dir))
+    try:
+        load_model(model, str(weights), device=str(device))
+    except RuntimeError as e:  # missing or unexpected tensors
+        raise CifarlabError(f"{run_dir}: {weights.name} does not fit {cfg.model}: {' '.join(str(e).split())[:300]}"
+                            ) from None
     return cfg, model.to(device).eval(), epoch
 
 
