@@ -4,6 +4,7 @@ and the report's evaluations table and reliability diagram."""
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -14,8 +15,11 @@ from cifarlab.config import build_config
 from cifarlab.data.meta import CIFAR10_CLASSES, CIFAR100_FINE, DATASETS
 from cifarlab.data.synthetic import synthetic_arrays
 from cifarlab.io import read_json, write_json
-from cifarlab.report.build import ReportOptions, build_report
+from cifarlab.report.calibration import other_test_sets, reliability_diagram
+from cifarlab.report.records import load_runs
 from cifarlab.report.runs import list_runs
+from cifarlab.report.summary import build_tables
+from cifarlab.report.writeup import Writer
 from cifarlab.train import fit
 from cifarlab.train.evaluate import evaluate_run
 from cifarlab.train.metrics import expected_calibration_error
@@ -57,6 +61,19 @@ def test_expected_calibration_error_by_hand():
     assert expected_calibration_error(np.array([1 / 15]), np.array([1]))[1]["count"][0] == 1
 
 
+def test_result_records_nll_and_ece_of_its_own_test_split(trained):
+    rec = read_json(trained / "result.json")
+    assert rec["nll"] == rec["test_loss"] and 0 <= rec["ece"] <= 1
+    cal = rec["calibration"]
+    assert cal["bins"] == 15 and sum(cal["count"]) == rec["split_sizes"]["test"]
+    # the bins give back the record's accuracy and its ECE
+    n = np.array(cal["count"], dtype=float)
+    acc = np.array([a or 0.0 for a in cal["accuracy"]])
+    conf = np.array([c or 0.0 for c in cal["confidence"]])
+    assert (n * acc).sum() / n.sum() == pytest.approx(rec["top1"], abs=1e-6)
+    assert (n / n.sum() * np.abs(acc - conf)).sum() == pytest.approx(rec["ece"], abs=1e-5)
+
+
 # ---------------------------------------------------------------- evaluation on other test sets
 
 
@@ -64,6 +81,17 @@ def _parquet(path: Path, images: np.ndarray, labels: np.ndarray, names=CIFAR100_
     feats = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=list(names))})
     datasets.Dataset.from_dict({"img": list(images), "fine_label": labels}, features=feats).to_parquet(str(path))
     return path
+
+
+def test_eval_on_its_own_source_reproduces_the_record(run):
+    before = (run / "result.json").read_bytes()
+    out = evaluate_run(run)
+    rec = read_json(run / "result.json")
+    assert (run / "result.json").read_bytes() == before, "eval never touches result.json"
+    assert out["fingerprint"] == rec["dataset_fingerprint"]
+    assert out["test_correct"] == rec["test_correct"]
+    assert out["top1"] == pytest.approx(rec["top1"]) and out["nll"] == pytest.approx(rec["nll"], abs=1e-5)
+    assert out["ece"] == pytest.approx(rec["ece"], abs=1e-5)
 
 
 def test_eval_on_another_synthetic_source_and_on_a_parquet_file_of_the_same_images(run, tmp_path, capsys):
@@ -118,18 +146,19 @@ def test_eval_refuses_a_test_set_of_other_classes_or_an_unusable_file(run, tmp_p
 # ---------------------------------------------------------------- report
 
 
-def test_report_shows_other_test_sets_beside_the_own_and_a_reliability_diagram(run, tmp_path):
+def test_report_lists_other_test_sets_beside_the_own_and_draws_a_reliability_diagram(run, tmp_path):
+    assert other_test_sets(SimpleNamespace(runs=load_runs([run])), Writer(tmp_path)) == [], "nothing to list yet"
     evaluate_run(run, data=OTHER)
-    report, _ = build_report(ReportOptions(paths=[run], out=tmp_path / "report"))
-    text = report.read_text()
-    table = text[text.index("## Other test sets"):]
-    own, other = [ln for ln in table.splitlines() if ln.startswith("| tiny")][:2]
+    runs = load_runs([run])
+    lines = other_test_sets(SimpleNamespace(runs=runs), Writer(tmp_path))
+    own, other = [ln for ln in lines if ln.startswith("| tiny")]
     rec, ev = read_json(run / "result.json"), read_json(run / "evals" / "synthetic-v2-cifar100-100-60-7.json")
-    assert "own test split (synthetic:100:100)" in own and f"{100 * rec['top1']:.2f}" in own
-    assert "seed 7" in other and f"{100 * ev['top1']:.2f}" in other and f"{ev['nll']:.4f}" in other
-    assert "evals/synthetic-v2-cifar100-100-60-7.json" in other
-    figure = next((tmp_path / "report" / "figures").rglob("reliability.png"))
-    assert figure.stat().st_size > 1000 and "reliability.png" in text
+    assert "own test split (synthetic:100:100)" in own and f"| {100 * rec['top1']:.2f} |" in own
+    assert "seed 7" in other and f"| {100 * ev['top1']:.2f} |" in other and f"| {ev['nll']:.4f} |" in other
+    assert f"| {100 * ev['ece']:.2f} |" in other and "evals/synthetic-v2-cifar100-100-60-7.json" in other
+    (row,) = build_tables(runs)[0].rows
+    png, svg = reliability_diagram(row, tmp_path / "reliability")
+    assert png.stat().st_size > 1000 and "own test split" in svg.read_text() and "seed 7" in svg.read_text()
 
 
 # ---------------------------------------------------------------- runs listing
@@ -183,3 +212,19 @@ def test_runs_lists_status_from_the_records_and_filters_and_sorts(trained, tmp_p
     assert [r["status"] for r in listed] == ["done", "interrupted", "failed"]
     assert cli.main(["runs", str(tmp_path / "nowhere")]) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lists_first", [False, True])
+def test_runs_reads_a_large_record_whatever_the_order_of_its_fields(trained, tmp_path, lists_first):
+    """The listing parses the head of a large result.json and falls back to the whole file when the head lacks
+    a field (here: when the per-image lists come first)."""
+    run = Path(shutil.copytree(trained, tmp_path / "runs" / "big"))
+    rec = read_json(run / "result.json")
+    lists = {"test_predictions": list(range(20_000)), "test_labels": list(range(20_000))}
+    scalars = {k: v for k, v in rec.items() if k not in lists}
+    fields = {**lists, **scalars} if lists_first else {**scalars, **lists}
+    (run / "result.json").write_text(json.dumps(fields, indent=1))
+    assert (run / "result.json").stat().st_size > 100_000
+    (row,) = list_runs([tmp_path / "runs"])
+    assert (row.status, row.top1, row.top5, row.train_seconds) == ("done", rec["top1"], rec["top5"],
+                                                                   rec["train_seconds"])

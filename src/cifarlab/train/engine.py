@@ -6,7 +6,8 @@
     metrics.jsonl    one line per epoch (train loss/acc, val/test top-1/top-5, lr, seconds)
     checkpoints/     safetensors weights + optimiser/scheduler/RNG state, every epoch
     result.json      the run record (SPEC §9 keys, per-class accuracy, per-image correctness ...)
-    tensorboard/     accelerate's TensorBoard tracker, when tensorboard is installed
+    tensorboard/     accelerate's TensorBoard tracker (``cfg.report_to``; MLflow and W&B: ``tracking.py``)
+    trackers.json    the tracker run ids, so that ``--resume`` continues the same tracker runs
 
 The step is built by ``loop.make_train_step`` and every epoch runs through
 ``loop.train_epoch`` (the one path ``cifarlab profile``, the benchmarks and the
@@ -24,7 +25,6 @@ model build, graph capture or compilation, evaluation and checkpoints included.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -48,6 +48,7 @@ from .checkpoint import find_latest, save_checkpoint
 from .loop import EpochStats, NonFiniteLossError, Training, make_train_step, train_epoch
 from .metrics import (autocast_context, correctness_string, environment, evaluate, measure_inference,
                       peak_memory_bytes, per_class_accuracy, superclass_accuracy)
+from .tracking import finish_tracking, log_epoch, start_tracking, tracker_names
 
 
 @dataclass
@@ -107,8 +108,7 @@ def _accelerator(cfg: TrainConfig, root: Path) -> Accelerator:
     cuda = torch.cuda.is_available()
     if cfg.precision == "bf16" and not cuda:
         raise CifarlabError("precision bf16 needs a GPU here; use precision auto or fp32 on the CPU")
-    trackers = ["tensorboard"] if importlib.util.find_spec("tensorboard") else None
-    return Accelerator(cpu=not cuda, log_with=trackers,
+    return Accelerator(cpu=not cuda, log_with=tracker_names(cfg) or None,
                        project_config=ProjectConfiguration(project_dir=str(root), logging_dir=str(root / "tensorboard")))
 
 
@@ -206,8 +206,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
                                sample=_first_batch(train_loader, start_epoch) if graph else None,
                                checkpoint=found[1] if found else None)
     history = _start_history(training, accelerator)
-    if accelerator.log_with:
-        accelerator.init_trackers("tb", config={k: str(v) for k, v in cfg.model_dump().items()})
+    start_tracking(accelerator, cfg, files.root, resumed_epoch=start_epoch - 1)
     eval_model, autocast = training.eval_model, autocast_context(device, training.step.autocast_dtype)
     accelerator.print(_header(cfg, data, params, macs, world, device, training))
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -221,8 +220,8 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             history["selected"] = _select(history["selected"], evals, epoch, cfg, epoch == cfg.epochs)
         if main:
             _append_metrics(files.metrics, row)
-            accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             _save(files, epoch, training, history, wall_start, cfg.keep_checkpoints)
+            log_epoch(accelerator, files.root, row)  # after the checkpoint: a resumed run logs no epoch twice
         accelerator.print(_epoch_line(row, cfg.epochs))
         if on_epoch_end is not None:
             on_epoch_end(epoch, model, train_loader)
@@ -232,6 +231,7 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     if main:
         result = _result(cfg, data, history, params, macs, eval_model, device, autocast, wall_start, world)
         write_json(files.result, result)
+        finish_tracking(accelerator, files.root, result)
         accelerator.print(f"done: test top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} "
                           f"(epoch {result['selected_epoch']}) -> {files.result}")
     accelerator.wait_for_everyone()
@@ -375,6 +375,7 @@ def _select(selected: dict | None, evals: dict, epoch: int, cfg: TrainConfig, la
     return {"epoch": epoch, "val_top1": evals["val"]["top1"] if by_val else None,
             "val_top5": evals["val"]["top5"] if by_val else None,
             "top1": t["top1"], "top5": t["top5"], "loss": t["loss"],
+            "ece": t["ece"], "calibration": t["calibration"],
             "predictions": torch.from_numpy(t["predictions"]), "labels": torch.from_numpy(t["labels"])}
 
 
@@ -399,6 +400,8 @@ def _result(cfg: TrainConfig, data: CifarData, history: dict, params: int, macs:
     result = {
         "model": cfg.model, "dataset": data.name, **describe(data),
         "top1": round(sel["top1"], 6), "top5": round(sel["top5"], 6), "test_loss": round(sel["loss"], 6),
+        "nll": round(sel["loss"], 6), "ece": round(sel["ece"], 6) if "ece" in sel else None,
+        "calibration": sel.get("calibration"),  # None when the selected epoch predates calibration records
         "selected_epoch": sel["epoch"], "selection": "best validation top-1" if sel["val_top1"] is not None else "final epoch",
         "params": params, "macs": macs, "mac_convention": MAC_CONVENTION,
         "epochs": cfg.epochs, "seed": cfg.seed,
