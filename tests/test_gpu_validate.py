@@ -2,19 +2,16 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["tests", "bench", "resnet20", "resnet56", "study"]
 RECORD_FILES = {"config.json", "metrics.jsonl", "result.json"}
 
 
-@pytest.mark.skipif(shutil.which("timeout") is None, reason="needs coreutils' timeout")
 def test_dry_run_leaves_every_steps_outputs(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
