@@ -8,6 +8,7 @@ of its cluster and driver before its first task and after its last.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,12 +64,15 @@ class Cluster:
         self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
 
-    def wait_until_up(self) -> None:
+    def wait_until_up(self) -> bool:
+        """True once the head is up; False if ``ray start`` gave up (Ray waits a fixed 30 s for its raylet)."""
         deadline = time.monotonic() + START_TIMEOUT
         while "Ray runtime started" not in self.log.read_text():
-            assert self.proc.poll() is None, f"ray start ended: {self.log.read_text()[-2000:]}"
+            if self.proc.poll() is not None:
+                return False
             assert time.monotonic() < deadline, f"ray start took over {START_TIMEOUT} s"
             time.sleep(0.2)
+        return True
 
     def pids(self) -> list[int]:
         try:
@@ -95,14 +99,24 @@ class Cluster:
                 pass
         psutil.wait_procs(procs, timeout=30)
         self.proc.wait(timeout=30)
-        subprocess.run(["rm", "-rf", str(self.temp)], check=False)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster()
+    for _ in range(2):  # a second try when an overloaded machine made the head miss Ray's start-up wait
+        c = Cluster()
+        try:
+            if c.wait_until_up():
+                break
+            log = c.log.read_text()[-2000:]
+        except BaseException:
+            c.stop()
+            raise
+        c.stop()
+    else:
+        pytest.fail(f"ray start failed twice; the last time: {log}")
     try:
-        c.wait_until_up()
         yield c
     finally:
         c.stop()
@@ -175,25 +189,29 @@ def test_killed_worker_is_retried_and_its_run_resumes_to_the_same_record(cluster
     study = load_study(_write_study(tmp_path, TINY))
     target = out / "tiny" / RUNS[0]
     killed: dict = {}
+    study_over = threading.Event()
 
     def kill_mid_second_epoch() -> None:
         """SIGKILL the worker of the first run once its epoch-1 checkpoint is in place and epoch 2 is running."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
+        while not study_over.is_set():
             if (target / "checkpoints/epoch-0001/manifest.json").is_file() and (target / ATTEMPTS_FILE).is_file():
                 pid = json.loads((target / ATTEMPTS_FILE).read_text())[-1]["pid"]
-                assert pid in cluster.pids(), "the pid is a worker of this cluster"
-                before = (target / f"checkpoints/epoch-{EPOCHS:04d}").exists() or (target / "result.json").exists()
-                os.kill(pid, signal.SIGKILL)
-                killed.update(pid=pid, too_late=before)
+                killed.update(pid=pid, of_this_cluster=pid in cluster.pids(),
+                              too_late=(target / f"checkpoints/epoch-{EPOCHS:04d}").exists())
+                if killed["of_this_cluster"]:
+                    os.kill(pid, signal.SIGKILL)
                 return
             time.sleep(0.01)
 
     killer = threading.Thread(target=kill_mid_second_epoch, daemon=True)
     killer.start()
-    outcomes = run_study_ray(study, out, address=cluster.address, cpus_per_run=1, max_retries=2, log=log)
-    killer.join(timeout=5)
-    assert killed and not killed["too_late"], "the kill landed in the second epoch"
+    try:
+        outcomes = run_study_ray(study, out, address=cluster.address, cpus_per_run=1, max_retries=2, log=log)
+    finally:
+        study_over.set()
+        killer.join(timeout=5)
+    assert killed.get("of_this_cluster"), f"the run's worker is a process of this cluster: {killed}"
+    assert not killed["too_late"], "the kill landed in the second epoch"
     assert [o.status for o in outcomes] == ["finished"] * 4, lines
     tries = json.loads((target / ATTEMPTS_FILE).read_text())
     assert [t["pid"] == killed["pid"] for t in tries] == [True, False]
