@@ -5,8 +5,7 @@ import torch
 
 from cifarlab.config import build_config
 from cifarlab.models import count_params, create, get_entry, list_models
-from cifarlab.train.optim import build_optimizer
-from cifarlab.train.step import TrainStep, lr_on_device
+from cifarlab.train import make_train_step
 
 MODELS = list_models()
 # SPEC §3 tiers: small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110 is the baseline
@@ -31,13 +30,17 @@ def test_forward_backward_and_learning(name, monkeypatch):
 
     x = torch.randn(8, 3, 32, 32)
     y = torch.arange(8) * 7 % 100
-    out = model(x[:2])
+    model.eval()
+    with torch.no_grad():  # timm's split, which Grad-CAM relies on
+        out = model(x[:2])
+        torch.testing.assert_close(model.forward_head(model.forward_features(x[:2])), out, rtol=0, atol=0)
+        assert model.forward_head(model.forward_features(x[:2]), pre_logits=True).shape[0] == 2
     assert out.shape == (2, 100)
     adam = entry.recipe.get("optimizer") == "adamw"
-    cfg = build_config({"model": name, "lr": 1e-3 if adam else 0.01, "weight_decay": 0.0, "nesterov": False})
-    opt = build_optimizer(model, cfg, capturable=True)  # the graph path's fused optimizer, LR tensors
-    lr_on_device(opt, "cpu")
-    step = TrainStep(model, opt)
+    cfg = build_config({"model": name, "lr": 1e-3 if adam else 0.01, "weight_decay": 0.0, "nesterov": False,
+                        "warmup_epochs": 0, "schedule": "constant", "label_smoothing": 0.0, "grad_clip": None})
+    # the engine's builder with the graph path's fused optimizer and LR tensors, run eagerly
+    step = make_train_step(model, cfg, "cpu", steps_per_epoch=6, capturable=True).step
     losses = []
     for _ in range(6):
         before = step.loss_sum.item()

@@ -23,6 +23,9 @@ for _alias, _target in {
     register_alias(_alias, _target)
 
 
+# Deliberate: ``cifarlab.models.from_pretrained`` re-exports the Hub loader, so one import gives both ways to build
+# a model (from scratch with ``create``, from saved weights here). hub.py and the models import each other only
+# inside functions, so neither needs the other at import time.
 def from_pretrained(repo_or_path, **kwargs):
     """A saved model (folder, run folder or Hub repo id) rebuilt from the registry, in eval mode.
 

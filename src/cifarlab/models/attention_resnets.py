@@ -13,7 +13,7 @@ through ``model_kwargs`` on any ResNet entry.
 
 from __future__ import annotations
 
-from .resnet import resnet, wide_resnet18
+from .resnet import describe_resnet, resnet, wide_resnet18
 from .registry import register_model
 
 _ATTENTIONS = {
@@ -45,21 +45,19 @@ _ATTENTIONS = {
     ),
 }
 
-_SMALL_ARCH = ("CIFAR ResNet-{depth}: 3x3 stem 16 ch, no max-pool; 3 stages of {n} BasicBlocks at 16/32/64 ch on "
-               "32/16/8 maps; stride 2 at stages 2 and 3; option-A shortcuts; global avg pool; linear head. "
-               "{module} in every BasicBlock, on the residual branch before the addition.")
-_WIDE_ARCH = ("Wide CIFAR ResNet-18: 3x3 stem 64 ch, no max-pool; [2,2,2,2] BasicBlocks at 64/128/256/512 ch on "
-              "32/16/8/4 maps; option-B shortcuts; global avg pool; linear head. "
-              "{module} in every BasicBlock, on the residual branch before the addition.")
+# Every entry, by its registry name: (name, attention, depth of the CIFAR ResNet or None for the wide ResNet-18).
+_ENTRIES = (
+    ("eca_resnet20", "eca", 20), ("eca_resnet56", "eca", 56), ("eca_resnet18", "eca", None),
+    ("se_resnet20", "se", 20), ("se_resnet56", "se", 56), ("se_resnet18", "se", None),
+    ("ca_resnet20", "ca", 20), ("ca_resnet56", "ca", 56), ("ca_resnet18", "ca", None),
+)
 
-for _attn, (_family, _paper, _module, _small_adapt, _wide_adapt) in _ATTENTIONS.items():
-    for _depth in (20, 56):
-        register_model(
-            resnet, name=f"{_attn}_resnet{_depth}", family=_family, paper=_paper, tier="small",
-            arch=_SMALL_ARCH.format(depth=_depth, n=(_depth - 2) // 6, module=_module),
-            adaptation=_small_adapt, depth=_depth, attention=_attn,
-        )
-    register_model(
-        wide_resnet18, name=f"{_attn}_resnet18", family=_family, paper=_paper, tier="standard",
-        arch=_WIDE_ARCH.format(module=_module), adaptation=_wide_adapt, recipe={"lr": 0.2}, attention=_attn,
-    )
+for _name, _attn, _depth in _ENTRIES:
+    _family, _paper, _module, _small_adapt, _wide_adapt = _ATTENTIONS[_attn]
+    _arch = describe_resnet(_depth, f"{_module} in every BasicBlock, on the residual branch before the addition.")
+    if _depth is None:
+        register_model(wide_resnet18, name=_name, family=_family, paper=_paper, tier="standard", arch=_arch,
+                       adaptation=_wide_adapt, recipe={"lr": 0.2}, attention=_attn)
+    else:
+        register_model(resnet, name=_name, family=_family, paper=_paper, tier="small", arch=_arch,
+                       adaptation=_small_adapt, depth=_depth, attention=_attn)

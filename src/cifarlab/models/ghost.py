@@ -23,7 +23,7 @@ from .layers import GlobalPool
 from .layers.conv import ConvNormAct
 from .layers.ghost import GhostBottleneck, make_divisible
 from .registry import register_model
-from .resnet import resnet, wide_resnet18
+from .resnet import describe_resnet, resnet, wide_resnet18
 
 # GhostNet 1.0x (paper Table 7): per stage, rows of
 # (dw kernel, expansion width, output width, SE ratio, stride).
@@ -90,8 +90,12 @@ class GhostNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_conv(self.stages(self.stem(x)))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head(self.pool(x))
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.head(self.pool(self.forward_features(x))))
+        return self.forward_head(self.forward_features(x))
 
 
 def ghostnet(num_classes: int = 100, **kwargs: Any) -> GhostNet:
@@ -102,34 +106,33 @@ def ghostnet(num_classes: int = 100, **kwargs: Any) -> GhostNet:
 _PAPER = "GhostNet: More Features from Cheap Operations (Han et al., 2020)"
 _ECA_PAPER = ("GhostNet: More Features from Cheap Operations (Han et al., 2020) + ECA-Net: Efficient Channel "
               "Attention for Deep Convolutional Neural Networks (Wang et al., 2020)")
-_RESNET_ARCH = ("CIFAR ResNet-{depth}: 3x3 conv stem 16 ch, no max-pool; 3 stages of {n} BasicBlocks at 16/32/64 ch "
-                "on 32/16/8 maps; stride 2 at stages 2 and 3; option-A shortcuts; global avg pool; linear head. "
-                "{unit}")
 _GHOST_UNIT = ("Both 3x3 convs of every block are Ghost modules (3x3 primary conv to ceil(C/2) maps + 3x3 "
                "depthwise cheap op, s = 2, d = 3); the stem stays a plain conv.")
 _GHOST_ECA_UNIT = ("Both 3x3 convs of every block are GhostECA modules: Ghost modules (s = 2, d = 3) with ECA "
                    "(adaptive k) on the intrinsic maps, before the cheap op.")
-
-for _depth in (20, 56):
-    _n = (_depth - 2) // 6
-    register_model(
-        resnet, name=f"ghost_resnet{_depth}", family="ghost", paper=_PAPER, tier="small",
-        arch=_RESNET_ARCH.format(depth=_depth, n=_n, unit=_GHOST_UNIT),
-        adaptation="The paper's own CIFAR Ghost-ResNet (§4.1); nothing changed.",
-        depth=_depth, conv="ghost",
-    )
-    register_model(
-        resnet, name=f"ghost_eca_resnet{_depth}", family="ghost_eca", paper=_ECA_PAPER, tier="small",
-        arch=_RESNET_ARCH.format(depth=_depth, n=_n, unit=_GHOST_ECA_UNIT),
-        adaptation="A combination studied by this project; ECA's k is 3 on every stage (ECA sees 8/16/32 "
-                   "intrinsic channels, or 16/32/64 with eca_position='output').",
-        depth=_depth, conv="ghost_eca",
-    )
+_GHOST_ADAPT = "The paper's own CIFAR Ghost-ResNet (§4.1); nothing changed."
+_GHOST_ECA_ADAPT = ("A combination studied by this project; ECA's k is 3 on every stage (ECA sees 8/16/32 "
+                    "intrinsic channels, or 16/32/64 with eca_position='output').")
 
 register_model(
+    resnet, name="ghost_resnet20", family="ghost", paper=_PAPER, tier="small",
+    arch=describe_resnet(20, _GHOST_UNIT), adaptation=_GHOST_ADAPT, depth=20, conv="ghost",
+)
+register_model(
+    resnet, name="ghost_resnet56", family="ghost", paper=_PAPER, tier="small",
+    arch=describe_resnet(56, _GHOST_UNIT), adaptation=_GHOST_ADAPT, depth=56, conv="ghost",
+)
+register_model(
+    resnet, name="ghost_eca_resnet20", family="ghost_eca", paper=_ECA_PAPER, tier="small",
+    arch=describe_resnet(20, _GHOST_ECA_UNIT), adaptation=_GHOST_ECA_ADAPT, depth=20, conv="ghost_eca",
+)
+register_model(
+    resnet, name="ghost_eca_resnet56", family="ghost_eca", paper=_ECA_PAPER, tier="small",
+    arch=describe_resnet(56, _GHOST_ECA_UNIT), adaptation=_GHOST_ECA_ADAPT, depth=56, conv="ghost_eca",
+)
+register_model(
     wide_resnet18, name="ghost_eca_resnet18", family="ghost_eca", paper=_ECA_PAPER, tier="standard",
-    arch=("Wide CIFAR ResNet-18: 3x3 conv stem 64 ch, no max-pool; [2,2,2,2] BasicBlocks at 64/128/256/512 ch on "
-          "32/16/8/4 maps; option-B shortcuts; global avg pool; linear head. " + _GHOST_ECA_UNIT),
+    arch=describe_resnet(None, _GHOST_ECA_UNIT),
     adaptation="A combination studied by this project; ECA's k is 3/3/5/5 on the 32/64/128/256 intrinsic "
                "channels of the four stages (3/5/5/5 with eca_position='output').",
     recipe={"lr": 0.2}, conv="ghost_eca",

@@ -67,8 +67,12 @@ class MlpMixer(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.blocks(self.patch_embed(x)))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=1))
+        return self.forward_head(self.forward_features(x))
 
 
 def mlp_mixer(num_classes: int = 100, **kwargs: Any) -> MlpMixer:

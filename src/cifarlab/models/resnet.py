@@ -154,8 +154,16 @@ class CifarResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
+
+
+CIFAR_WIDTHS = (16, 32, 64)
+WIDE_BLOCKS, WIDE_WIDTHS = (2, 2, 2, 2), (64, 128, 256, 512)
 
 
 def resnet(depth: int = 20, num_classes: int = 100, **kwargs: Any) -> CifarResNet:
@@ -163,30 +171,42 @@ def resnet(depth: int = 20, num_classes: int = 100, **kwargs: Any) -> CifarResNe
     if (depth - 2) % 6 != 0 or depth < 8:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110...), got {depth}")
     n = (depth - 2) // 6
-    return CifarResNet((n, n, n), (16, 32, 64), num_classes=num_classes, **kwargs)
+    return CifarResNet((n, n, n), CIFAR_WIDTHS, num_classes=num_classes, **kwargs)
 
 
 def wide_resnet18(num_classes: int = 100, **kwargs: Any) -> CifarResNet:
     """ResNet-18 for CIFAR: 3x3 stem at 64 channels, no max-pool, 64/128/256/512, option B."""
     kwargs.setdefault("shortcut", "B")
-    return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes=num_classes, **kwargs)
+    return CifarResNet(WIDE_BLOCKS, WIDE_WIDTHS, num_classes=num_classes, **kwargs)
+
+
+def describe_resnet(depth: int | None = None, unit: str = "") -> str:
+    """The registry's architecture text of a CIFAR ResNet-``depth`` (option-A shortcuts) or, with None, of the wide
+    ResNet-18 (option B); ``unit`` says what an entry puts into the BasicBlocks or in place of their convs."""
+    if depth is None:
+        title, blocks, widths, shortcut = "Wide CIFAR ResNet-18", WIDE_BLOCKS, WIDE_WIDTHS, "option-B (1x1 conv + BN)"
+    else:
+        n = (depth - 2) // 6
+        title, blocks, widths, shortcut = f"CIFAR ResNet-{depth}", (n,) * 3, CIFAR_WIDTHS, "option-A (zero-padding)"
+    maps = "/".join(str(32 >> i) for i in range(len(widths)))
+    text = (f"{title}: 3x3 conv stem {widths[0]} ch, no max-pool; {len(blocks)} stages of {blocks[0]} BasicBlocks "
+            f"at {'/'.join(map(str, widths))} ch on {maps} maps, stride 2 entering stages 2-{len(blocks)}; "
+            f"{shortcut} shortcuts; global avg pool; linear head.")
+    return f"{text} {unit}" if unit else text
 
 
 _PAPER = "Deep Residual Learning for Image Recognition (He et al., 2016)"
-_CIFAR_ARCH = ("3x3 stem 16 ch, no max-pool; stages of {n} BasicBlocks at 16/32/64 ch on 32/16/8 maps; "
-               "stride 2 at stages 2 and 3; global avg pool; linear head; option-A shortcuts")
 _CIFAR_ADAPT = "The paper's own CIFAR network (§4.2); nothing changed."
 
-for _depth in (20, 32, 44, 56, 110):
+for _name, _depth in (("resnet20", 20), ("resnet32", 32), ("resnet44", 44), ("resnet56", 56), ("resnet110", 110)):
     register_model(
-        resnet, name=f"resnet{_depth}", family="resnet", paper=_PAPER, tier="small",
-        arch=_CIFAR_ARCH.format(n=(_depth - 2) // 6), adaptation=_CIFAR_ADAPT, depth=_depth,
+        resnet, name=_name, family="resnet", paper=_PAPER, tier="small",
+        arch=describe_resnet(_depth), adaptation=_CIFAR_ADAPT, depth=_depth,
     )
 
 register_model(
     wide_resnet18, name="resnet18", family="resnet", paper=_PAPER, tier="standard",
-    arch=("3x3 stem 64 ch, no max-pool; [2,2,2,2] BasicBlocks at 64/128/256/512 ch on 32/16/8/4 maps; "
-          "option-B (1x1 conv) shortcuts; global avg pool; linear head"),
+    arch=describe_resnet(None),
     adaptation="ImageNet ResNet-18 with the 7x7/2 stem and max-pool replaced by a 3x3/1 stem (the common CIFAR form).",
     recipe={"lr": 0.2},
 )

@@ -169,8 +169,12 @@ class SpatialGatingNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x).mean(dim=(2, 3)))
+        return self.forward_head(self.forward_features(x))
 
 
 # Strip lengths per stage at 32/16/8/4 maps: the longest capped at 2H-1, the scales kept distinct.

@@ -71,9 +71,12 @@ class VisionTransformer(nn.Module):
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         return self.norm(self.blocks(x + self.pos_embed))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x[:, 0] if self.global_pool == "token" else x.mean(dim=1)
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)
-        return self.head(x[:, 0] if self.global_pool == "token" else x.mean(dim=1))
+        return self.forward_head(self.forward_features(x))
 
 
 def vit(num_classes: int = 100, **kwargs: Any) -> VisionTransformer:

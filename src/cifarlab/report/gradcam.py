@@ -1,13 +1,15 @@
 """Grad-CAM (Selvaraju et al., 2017) heat-maps for a few test images of a trained run.
 
-The feature map explained is the model's ``forward_features`` output (a 4D map, or a
-square grid of tokens for Mixer/ViT-style models) when the predicted logit depends on
-it; otherwise — a model without ``forward_features``, or a ViT whose head reads only
-the class token, so the final patch tokens get no gradient — the output of the last
-module that lies on the image grid (side 2..32 dividing 32) and does get a gradient:
-the map before global pooling, or the input of a ViT's last block. Channel weights
-are the spatial mean of the gradient of the predicted class's logit; the map is
-ReLU(sum of weighted channels), upsampled to 32x32 and scaled to 0..1 per image.
+Every registered model splits as ``forward(x) = forward_head(forward_features(x))``
+(timm's convention), so the logits are computed through those two calls and the map
+explained is what ``forward_features`` hands the head (a 4D map, or a square grid of
+tokens for Mixer/ViT-style models) when the predicted logit depends on it. Otherwise —
+a ViT whose head reads only the class token, so the final patch tokens get no
+gradient, or a plug-in model without the split — it is the output of the last module
+that lies on the image grid (side 2..32 dividing 32) and does get a gradient (forward
+hooks): the map before global pooling, or the input of a ViT's last block. Channel
+weights are the spatial mean of the gradient of the predicted class's logit; the map
+is ReLU(sum of weighted channels), upsampled to 32x32 and scaled to 0..1 per image.
 """
 
 from __future__ import annotations
@@ -55,7 +57,6 @@ def explained_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
     """(feature map, its gradient, predicted classes): the ``forward_features`` output when the target logit
     depends on it, else the last module output on the image grid whose gradient is not zero."""
     captured: list[torch.Tensor] = []
-    preferred: list[torch.Tensor] = []
 
     def keep(t: torch.Tensor) -> None:
         if _as_map(t, x) is not None and t.requires_grad:
@@ -63,31 +64,24 @@ def explained_map(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None
             captured.append(t)
 
     handles = [m.register_forward_hook(lambda _m, _i, out: keep(out)) for m in model.modules() if m is not model]
-    patched = hasattr(model, "forward_features")
-    if patched:
-        original = model.forward_features
-
-        def wrapped(inp: torch.Tensor) -> torch.Tensor:
-            out = original(inp)
-            keep(out)
-            preferred.append(out)
-            return out
-
-        model.forward_features = wrapped
+    features = None
     try:
         with torch.enable_grad():
-            logits = model(x)
+            if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+                features = model.forward_features(x)
+                keep(features)
+                logits = model.forward_head(features)
+            else:
+                logits = model(x)
             pred = logits.argmax(1)
             cls = pred if target is None else target
             logits.gather(1, cls[:, None]).sum().backward()
     finally:
         for h in handles:
             h.remove()
-        if patched:
-            del model.forward_features  # the instance attribute; the class's method shows through again
     live = [t for t in captured if t.grad is not None and _as_map(t.grad, x).abs().sum() > 0]
-    if preferred and any(preferred[-1] is t for t in live):
-        chosen = preferred[-1]
+    if features is not None and any(features is t for t in live):
+        chosen = features
     elif live:
         chosen = live[-1]
     else:

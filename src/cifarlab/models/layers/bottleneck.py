@@ -147,8 +147,12 @@ class CifarStageNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x)
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.forward_features(x)))
+        return self.forward_head(self.forward_features(x))
 
 
 def block_stages(make_block, in_ch: int, depths: Sequence[int], widths: Sequence[int],
