@@ -10,7 +10,7 @@ recorded in its ``error.json`` and the others go on.
 
 The run folders are the only shared state: ``--out`` must be one filesystem that the
 driver and every node see at the same path. Each attempt appends to the run's
-``attempts.json`` (driver session, host, process id, the epoch it resumed after),
+``attempts.json`` (the ``study run`` that submitted it, host, process id, the epoch it resumed after),
 which the driver reads for its progress line and the tests read to find a worker.
 
 Without an address a local Ray instance is started that listens on 127.0.0.1 only
@@ -157,15 +157,15 @@ def _read_attempts(run_dir: Path) -> list[dict]:
         return []
 
 
-def _log_attempt(st: RunState, session: str) -> None:
+def _log_attempt(st: RunState, submission: str) -> None:
     entries = _read_attempts(st.run_dir)
-    entries.append({"session": session, "host": socket.gethostname(), "pid": os.getpid(),
+    entries.append({"submission": submission, "host": socket.gethostname(), "pid": os.getpid(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "status_before": st.status, "after_epoch": st.last_epoch})
     write_json(st.run_dir / ATTEMPTS_FILE, entries)
 
 
-def run_task(run: StudyRun, out: str, cwd: str, session: str, threads: int) -> Outcome:
+def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -> Outcome:
     """One attempt at one run, in a Ray worker: the driver's working directory, then ``run_one``."""
     import torch
 
@@ -178,7 +178,7 @@ def run_task(run: StudyRun, out: str, cwd: str, session: str, threads: int) -> O
         raise CifarlabError(f"--out {out} is not visible on node {host}: it must be a shared filesystem")
     torch.set_num_threads(threads)
     st = run_state(run, out)
-    _log_attempt(st, session)
+    _log_attempt(st, submission)
     outcome = run_one(st, data=_WORKER_DATA, progress=False, log=print, tag=f"[{host}]")
     if outcome.status == "failed" and not outcome.user_error:
         raise RunAttemptFailed(outcome.detail)
@@ -187,16 +187,16 @@ def run_task(run: StudyRun, out: str, cwd: str, session: str, threads: int) -> O
 
 # ---- the driver ----
 
-def attempts(run_dir: Path, session: str) -> list[dict]:
-    """This driver session's attempts at the run (from its ``attempts.json``)."""
-    return [a for a in _read_attempts(run_dir) if a.get("session") == session]
+def attempts(run_dir: Path, submission: str) -> list[dict]:
+    """This submission's attempts at the run (from its ``attempts.json``)."""
+    return [a for a in _read_attempts(run_dir) if a.get("submission") == submission]
 
 
-def _failed_outcome(ray, st: RunState, err: Exception, session: str) -> Outcome:
+def _failed_outcome(ray, st: RunState, err: Exception, submission: str) -> Outcome:
     """Record a task that Ray gave up on in the run's ``error.json`` (the task's own record kept, if it wrote one)."""
     files = RunFiles(st.run_dir)
     cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
-    tried = len(attempts(st.run_dir, session))
+    tried = len(attempts(st.run_dir, submission))
     if isinstance(cause, RunAttemptFailed) and files.error.is_file():
         msg = str(cause)
     else:
@@ -246,16 +246,16 @@ def _run_tasks(todo: list[RunState], out: Path, tags: dict[str, str], est: dict,
         has = _check_resources(ray, cpus, gpus, address is None, log)
         log(f"ray: {len(todo)} runs as tasks on {where} ({has}); each {cpus:g} CPU, {gpus:g} GPU, "
             f"up to {max_retries} retries")
-        session = uuid.uuid4().hex
+        submission = uuid.uuid4().hex
         task = ray.remote(run_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries,
                                             retry_exceptions=[RunAttemptFailed])
-        refs = {task.remote(st.run, str(out), os.getcwd(), session, max(1, int(cpus))): st for st in todo}
-        return _follow(ray, refs, tags, session, est, log)
+        refs = {task.remote(st.run, str(out), os.getcwd(), submission, max(1, int(cpus))): st for st in todo}
+        return _follow(ray, refs, tags, submission, est, log)
     finally:
         ray.shutdown()
 
 
-def _follow(ray, refs: dict, tags: dict[str, str], session: str, est: dict, log: Callable[[str], Any]
+def _follow(ray, refs: dict, tags: dict[str, str], submission: str, est: dict, log: Callable[[str], Any]
             ) -> dict[str, Outcome]:
     """Collect the tasks' outcomes as they end, with a progress line whenever the counts change."""
     outcomes: dict[str, Outcome] = {}
@@ -270,13 +270,13 @@ def _follow(ray, refs: dict, tags: dict[str, str], session: str, est: dict, log:
                     o = ray.get(ref)
                     line = f"{o.status:<7} {o.run_id}: {o.detail.splitlines()[0] if o.detail else ''}"
                 except ray.exceptions.RayError as err:
-                    o = _failed_outcome(ray, st, err, session)
-                    line = f"FAILED  {o.run_id} after {len(attempts(st.run_dir, session))} attempts: " \
+                    o = _failed_outcome(ray, st, err, submission)
+                    line = f"FAILED  {o.run_id} after {len(attempts(st.run_dir, submission))} attempts: " \
                            f"{o.detail.splitlines()[0] if o.detail else ''}"
                 outcomes[o.run_id] = o
                 seconds_left -= (est.get(o.run_id) and est[o.run_id].seconds) or 0
                 log(f"{tags[o.run_id]} {line}")
-            running = sum(bool(attempts(refs[r].run_dir, session)) for r in pending)
+            running = sum(bool(attempts(refs[r].run_dir, submission)) for r in pending)
             counts = (sum(o.status != "failed" for o in outcomes.values()),
                       sum(o.status == "failed" for o in outcomes.values()), running, len(pending) - running)
             if counts != shown:
