@@ -8,7 +8,7 @@ from cifarlab.models import count_params, create, get_entry, list_models
 from cifarlab.train import make_train_step
 
 MODELS = list_models()
-# SPEC §3 tiers: small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110 is the baseline
+# Size tiers (the registry's `tier`): small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110 is the baseline
 # family's deepest member (1.73 M); Ghost(-ECA)-ResNet-20 halve ResNet-20 (0.145 M) and sit beside it.
 TIER_EXCEPTIONS = {"resnet110", "ghost_resnet20", "ghost_eca_resnet20"}
 
@@ -67,7 +67,7 @@ def test_every_family_has_both_tiers():
     assert not missing, f"families without both tiers: {missing}"
 
 
-def test_brief_family_names_resolve():
+def test_family_names_resolve():
     from cifarlab.models import aliases
 
     for alias, target in aliases().items():

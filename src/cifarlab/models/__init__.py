@@ -13,7 +13,7 @@ from . import (  # noqa: E402,F401  isort: skip
     hornet, segnext, lsknet, edgenext, coatnet, mlp_mixer, vit,
 )
 
-# The brief's family names resolve to each family's standard-tier network.
+# Family names (``convnext``, ``vit``, ...) resolve to each family's standard-tier network.
 for _alias, _target in {
     "convnext": "convnext_tiny_cifar", "csp_resnet": "csp_resnet18", "resnest": "resnest29_2s1x64d",
     "res2net": "res2net29_26w4s", "res2net_ca": "ca_res2net29_26w4s", "resnext29": "resnext29_2x64d",

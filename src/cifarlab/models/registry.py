@@ -90,7 +90,7 @@ def register_model(
 
 
 def register_alias(alias: str, target: str) -> None:
-    """A short name (e.g. the family name of the brief, ``vit``) that resolves to a registered model."""
+    """A short name (e.g. a family name, ``vit``) that resolves to a registered model."""
     if alias in _REGISTRY or alias in _ALIASES:
         raise ValueError(f"name {alias!r} is already taken")
     _ALIASES[alias] = target

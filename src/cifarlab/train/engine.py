@@ -5,7 +5,7 @@
     config.json      the resolved TrainConfig
     metrics.jsonl    one line per epoch (train loss/acc, val/test top-1/top-5, lr, seconds)
     checkpoints/     safetensors weights + optimiser/scheduler/RNG state, every epoch
-    result.json      the run record (SPEC §9 keys, per-class accuracy, per-image correctness ...)
+    result.json      the run record (the README's keys, per-class accuracy, per-image correctness ...)
     tensorboard/     accelerate's TensorBoard tracker (``cfg.report_to``; MLflow and W&B: ``tracking.py``)
     trackers.json    the tracker run ids, so that ``--resume`` continues the same tracker runs
 

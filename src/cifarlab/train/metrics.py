@@ -1,4 +1,4 @@
-"""Evaluation and the measurements every run records (SPEC §6)."""
+"""Evaluation and the measurements every run records."""
 
 from __future__ import annotations
 

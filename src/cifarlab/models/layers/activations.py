@@ -1,4 +1,4 @@
-"""Activation layers by name (the activation switch of the Nankai training-tricks study)."""
+"""Activation layers by name (the activation switch of the training-tricks study, studies/tricks.yaml)."""
 
 import torch.nn as nn
 

@@ -8,7 +8,7 @@ it sits on the residual branch after the second conv unit (``attention_position=
 (``"after"``).
 
 Every module has a ``gate`` switch ("sigmoid" default, "hardsigmoid", "softmax")
-for the Nankai gate ablation; see :func:`make_gate`.
+for the gate ablation of the training-tricks study; see :func:`make_gate`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class CBAMChannelAttention(nn.Module):
     ReLU -> 1x1 conv, with bias as in the official code, hidden ``max(C //
     reduction, min_channels)``, r = 16, floor 4) and are summed before the gate.
 
-    ``pooling``: "avg+max" (the paper), "avg+l1" or "avg+l2" (the Nankai ablation).
+    ``pooling``: "avg+max" (the paper), "avg+l1" or "avg+l2" (the training-tricks ablation).
     The Lp descriptors are power means ``(mean_HW |x|^p)^(1/p)`` — mean |x| and the
     root mean square — so they have the scale of the average whatever the feature
     map size; CBAM's own code's "lp" pool is the unnormalised L2 norm, which is
