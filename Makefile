@@ -7,10 +7,10 @@ EPOCHS ?= 5
 
 .PHONY: demo test results venv clean
 
-$(BIN)/.installed: pyproject.toml ci/constraints.txt
+$(BIN)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c ci/constraints.txt -e ".[test]"
+	$(BIN)/pip install -q -c .ci/constraints.txt -e ".[test]"
 	touch $@
 
 venv: $(BIN)/.installed
