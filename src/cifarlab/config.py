@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import CifarlabError
-from .io import read_json
+from .io import read_json_object
 
 
 class AugmentConfig(BaseModel):
@@ -179,12 +179,7 @@ def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainC
 
 def read_run_config(path: Path) -> TrainConfig:
     """A run's ``config.json``, validated; a damaged or foreign file raises one :class:`CifarlabError`."""
-    try:
-        raw = read_json(path)
-    except (OSError, ValueError) as e:
-        raise CifarlabError(f"{path}: not a readable run config ({type(e).__name__})") from None
-    if not isinstance(raw, dict):
-        raise CifarlabError(f"{path}: not a run config (expected a JSON object)")
+    raw = read_json_object(path, "run config")
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:

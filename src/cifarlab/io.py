@@ -70,6 +70,18 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: JSON nested too deeply") from None
 
 
+def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
+    """The JSON object in ``path`` (a run config, a run record, ...); anything else raises one
+    :class:`CifarlabError` that names the file and ``what`` it should have been."""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        raise CifarlabError(f"{path}: not a readable {what} ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise CifarlabError(f"{path}: not a {what} (expected a JSON object)")
+    return data
+
+
 def _flow_depth(source: str | bytes) -> int:
     """The deepest nesting of brackets and braces in a YAML document (quotes ignored: an upper bound in practice)."""
     depth = deepest = 0

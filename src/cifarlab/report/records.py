@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..io import read_json
+from ..io import read_json, read_json_object
 from ..models import get_entry
 
 REQUIRED_KEYS = ("model", "dataset", "dataset_fingerprint", "top1", "top5", "params", "macs", "seed")
@@ -167,12 +167,7 @@ def _valid(key: str, value: Any) -> bool:
 
 
 def load_run(result_path: Path) -> Run:
-    try:
-        record = read_json(result_path)
-    except (OSError, ValueError) as e:
-        raise CifarlabError(f"{result_path}: not a readable run record ({e})") from None
-    if not isinstance(record, dict):
-        raise CifarlabError(f"{result_path}: not a run record (expected a JSON object)")
+    record = read_json_object(result_path, "run record")
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
         raise CifarlabError(f"{result_path}: the record lacks {', '.join(missing)}")
