@@ -6,6 +6,7 @@ import datetime as dt
 import platform
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -106,3 +107,22 @@ def csv_ints(text: str) -> list[int]:
 
 def csv_strs(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def update_generated(doc: Path, begin: str, end: str, body: str, check: bool, command: str) -> int:
+    """Put ``body`` between the ``begin`` / ``end`` markers of ``doc``; with ``check``, only say (exit 1) when the
+    section is out of date. ``command`` is what regenerates it."""
+    old = doc.read_text()
+    if begin not in old or end not in old:
+        print(f"{doc} lacks the markers {begin!r} ... {end!r}", file=sys.stderr)
+        return 1
+    head, rest = old.split(begin, 1)
+    new = f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
+    if check:
+        if new != old:
+            print(f"{doc} is out of date: run {command}", file=sys.stderr)
+            return 1
+        return 0
+    doc.write_text(new)
+    print(f"wrote {doc}")
+    return 0

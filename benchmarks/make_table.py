@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import defaultdict
 from pathlib import Path
+
+from benchmarks.common import update_generated
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "benchmarks"
@@ -138,14 +139,6 @@ def render(records: list[tuple[str, dict]], targets: dict | None = None) -> str:
     return head + "\n\n".join(parts)
 
 
-def splice(doc: str, body: str) -> str:
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOCS} lacks the markers {BEGIN!r} ... {END!r}")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(RESULTS), help="folder of benchmark JSON records")
@@ -153,18 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default=str(TARGETS), help="the targets to check the records against")
     p.add_argument("--check", action="store_true", help="exit 1 if the generated section is out of date")
     args = p.parse_args(argv)
-    docs = Path(args.docs)
-    old = docs.read_text()
-    new = splice(old, render(load(Path(args.results)), json.loads(Path(args.targets).read_text())))
-    if args.check:
-        if new != old:
-            print(f"{docs} is out of date: run python -m benchmarks.make_table", file=sys.stderr)
-            return 1
-        return 0
-    docs.write_text(new)
-    print(f"wrote {docs}")
-    return 0
-
+    body = render(load(Path(args.results)), json.loads(Path(args.targets).read_text()))
+    return update_generated(Path(args.docs), BEGIN, END, body, args.check, "python -m benchmarks.make_table")
 
 if __name__ == "__main__":
     raise SystemExit(main())
