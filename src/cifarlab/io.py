@@ -70,6 +70,21 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: JSON nested too deeply") from None
 
 
+def read_json_lines(path: str | Path) -> list[Any]:
+    """The JSON values of a JSON-lines file such as ``metrics.jsonl``, up to its first unreadable line (the torn
+    last line of a killed writer); blank lines are skipped, a missing file has none."""
+    path = Path(path)
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (ValueError, RecursionError):
+            break
+    return rows
+
+
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     """The JSON object in ``path`` (a run config, a run record, ...); anything else raises one
     :class:`CifarlabError` that names the file and ``what`` it should have been."""

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
-from ..io import atomic_open, read_json, write_json
+from ..io import atomic_open, read_json, read_json_lines, write_json
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, save_checkpoint
@@ -149,14 +149,12 @@ def _rewrite_metrics(path: Path, upto_epoch: int) -> None:
     """Drop metric lines after the checkpoint we resume from (they will be produced again)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     keep = []
-    for ln in lines:
-        try:
-            if json.loads(ln)["epoch"] <= upto_epoch:
-                keep.append(ln)
-        except (ValueError, KeyError):
-            break  # a torn last line from a kill
+    for row in read_json_lines(path):
+        if not isinstance(row, dict) or "epoch" not in row:
+            break
+        if row["epoch"] <= upto_epoch:
+            keep.append(json.dumps(row))
     with atomic_open(path, "w") as f:  # a kill while rewriting must not lose the kept lines
         f.write("".join(k + "\n" for k in keep))
 

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..io import read_json, write_json
+from ..io import read_json, read_json_lines, write_json
 
 PROJECT = "cifarlab"  # the MLflow experiment and W&B project, unless $CIFARLAB_PROJECT names another
 STATE_FILE = "trackers.json"
@@ -87,17 +87,6 @@ def _state(root: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def _metric_rows(root: Path) -> list[dict]:
-    rows = []
-    path = root / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break
-    return rows
-
-
 def _log(accelerator: Accelerator, row: dict) -> None:
     accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
@@ -121,7 +110,7 @@ def start_tracking(accelerator: Accelerator, cfg: TrainConfig, root: Path, resum
     if "wandb" in names:
         state["wandb"] = accelerator.get_tracker("wandb", unwrap=True).id
     logged = int(state.get("logged_epoch", 0)) if resumed_epoch else 0
-    for row in _metric_rows(root):
+    for row in read_json_lines(root / "metrics.jsonl"):
         if logged < row.get("epoch", 0) <= resumed_epoch:
             _log(accelerator, row)
             logged = row["epoch"]
