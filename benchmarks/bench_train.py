@@ -44,8 +44,7 @@ from cifarlab.models import count_params, create, list_models
 from cifarlab.train import make_train_step, train_epoch
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
-from .common import (EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync,
-                     train_split)
+from .common import EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync, train_split
 
 PATHS = ("recipe", "engine", "fast", "compiled")
 NAN_CHECK_EVERY = 50

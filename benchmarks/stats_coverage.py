@@ -22,7 +22,6 @@ between its ``stats-coverage`` markers.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys

@@ -13,8 +13,7 @@ import re
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cifarlab.train
 from cifarlab import CifarlabError, cli

@@ -2,13 +2,13 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from cifar_files import tar_gz, write_cifar10_parquet, write_cifar10_python, write_cifar100_python, write_parquet
 
 from cifarlab import CifarlabError
 from cifarlab.data import BatchAugment, DeviceLoader, load_data
 from cifarlab.data.augment import CropFlip, Cutout, crop_flip, cutout, normalize, pad_images
 from cifarlab.data.meta import DATASETS
 from cifarlab.data.synthetic import synthetic_dataset
-from cifar_files import tar_gz, write_cifar10_parquet, write_cifar10_python, write_cifar100_python, write_parquet
 
 
 def test_synthetic_has_the_hub_schema():

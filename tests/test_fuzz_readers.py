@@ -12,15 +12,14 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from cifar_files import images
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 from cifarlab import CifarlabError
 from cifarlab.data.images import open_image
 from cifarlab.data.safe_pickle import load_pickle
 from cifarlab.data.sources import _pickle_split
-from cifar_files import images
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

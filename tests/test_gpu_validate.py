@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["tests", "bench", "resnet20", "resnet56", "study"]
 RECORD_FILES = {"config.json", "metrics.jsonl", "result.json"}

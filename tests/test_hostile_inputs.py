@@ -26,6 +26,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from cifar_files import images, write_cifar10_python, write_cifar100_python, write_parquet
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -36,7 +37,6 @@ from cifarlab.hub import save_pretrained
 from cifarlab.io import write_json
 from cifarlab.models import create
 from cifarlab.train.checkpoint import save_checkpoint
-from cifar_files import images, write_cifar100_python, write_cifar10_python, write_parquet
 
 SIDE = "PWNED"  # the file a payload would create, in the test's own folder
 SMALL = {"model": "resnet20", "model_kwargs": {"depth": 8}, "data": "synthetic:300:100"}

@@ -18,8 +18,14 @@ from safetensors.torch import load_file
 from cifarlab import CifarlabError
 from cifarlab.cli import main
 from cifarlab.data.meta import DATASETS
-from cifarlab.hub import (build_upload_folder, load_pretrained, model_card, normalize_images, prepare_image,
-                          save_pretrained)
+from cifarlab.hub import (
+    build_upload_folder,
+    load_pretrained,
+    model_card,
+    normalize_images,
+    prepare_image,
+    save_pretrained,
+)
 from cifarlab.io import read_json, write_json
 from cifarlab.models import create, from_pretrained, get_entry
 

@@ -25,6 +25,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from cifar_files import images, tar_gz, write_cifar100_python, write_parquet
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -35,9 +36,7 @@ from cifarlab.data.meta import CIFAR100_COARSE, CIFAR100_FINE
 from cifarlab.io import read_json
 from cifarlab.models import register_model
 from cifarlab.models.registry import _REGISTRY
-from cifarlab.train import NonFiniteLossError, fit
-from cifarlab.train import checkpoint as ckpt
-from cifar_files import images, tar_gz, write_cifar100_python, write_parquet
+from cifarlab.train import NonFiniteLossError, checkpoint as ckpt, fit
 
 HERE = Path(__file__).resolve().parent
 # ResNet-8 (the resnet20 entry at depth 8), 300 synthetic images, 6 steps an epoch: seconds per run on a CPU

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab import CifarlabError
 from cifarlab.cli import main
 from cifarlab.io import write_json
 from cifarlab.report import budget

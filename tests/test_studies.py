@@ -14,12 +14,19 @@ from cifarlab.cli import main
 from cifarlab.config import build_config
 from cifarlab.data import DeviceLoader, load_data
 from cifarlab.data.augment import BatchAugment, crop_flip, pad_images
-from cifarlab.data.policies import (OP_INDEX, OPS, AutoAugment, MixCut, RandAugment, TrivialAugment, apply_ops,
-                                    color_jitter)
+from cifarlab.data.policies import (
+    OP_INDEX,
+    OPS,
+    AutoAugment,
+    MixCut,
+    RandAugment,
+    TrivialAugment,
+    apply_ops,
+    color_jitter,
+)
 from cifarlab.models import get_entry, list_models
 from cifarlab.models.convnext import modernization_steps
-from cifarlab.studies import load_study, parse_study, run_state, run_study, shard_runs, study_summary
-from cifarlab.studies import runner
+from cifarlab.studies import load_study, parse_study, run_state, run_study, runner, shard_runs, study_summary
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -252,8 +259,7 @@ MAGNITUDES = {"shear_x": 0.37, "shear_y": -0.5, "translate_x": -7.6, "translate_
 
 @pytest.mark.parametrize("name", list(MAGNITUDES))
 def test_each_op_changes_images_keeps_uint8_values_and_matches_torchvision(name):
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import autoaugment as tv
+    from torchvision.transforms import InterpolationMode, autoaugment as tv
 
     x8 = _images()
     n, m = len(x8), MAGNITUDES[name]

@@ -9,11 +9,11 @@ import struct
 from pathlib import Path
 
 import pytest
+from test_reliability import _fork_cli, _signal_after_checkpoint
 
 from cifarlab import cli
 from cifarlab.io import read_json
 from cifarlab.train import tracking
-from test_reliability import _fork_cli, _signal_after_checkpoint
 
 ARGV = ["train", "--model", "resnet20", "--set", "model_kwargs={depth: 8}", "--data", "synthetic:100:100",
         "--epochs", "2", "--batch-size", "50", "--lr", "0.1", "--warmup-epochs", "0", "--no-progress",

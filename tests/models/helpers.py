@@ -5,7 +5,6 @@ import torch.nn as nn
 
 from cifarlab.models import count_macs, count_params
 
-
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # timm's and our LayerNorm2d included
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import randomize_
 from timm.layers import EcaModule, SEModule
 from timm.layers.cbam import ChannelAttn
 from timm.layers.coord_attn import CoordAttn
@@ -12,10 +13,14 @@ from cifarlab import CifarlabError
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.layers import ATTENTION_LAYERS, create_attention
 from cifarlab.models.layers.attention import (
-    ECA, CBAMChannelAttention, CoordinateAttention, SqueezeExcite, eca_kernel_size, make_gate,
+    ECA,
+    CBAMChannelAttention,
+    CoordinateAttention,
+    SqueezeExcite,
+    eca_kernel_size,
+    make_gate,
 )
 from cifarlab.models.resnet import BasicBlock
-from helpers import randomize_
 
 TIMM_GATE = {"sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}
 

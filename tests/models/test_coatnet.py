@@ -19,11 +19,11 @@ Differences, handled in the weight mapping:
 
 import pytest
 import torch
+from helpers import randomize_
 
 from cifarlab.models import count_params, create
 from cifarlab.models.coatnet import CoAtNet, MBConvBlock, RelativeTransformerBlock
 from cifarlab.models.layers.transformer import RelativePositionBias
-from helpers import randomize_
 
 
 @pytest.mark.parametrize("name, params", [("coatnet_mini", 1_250_564), ("coatnet_0", 23_718_128)])

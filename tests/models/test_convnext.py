@@ -3,12 +3,12 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_same_logits, randomize_
 
 from cifarlab.models import count_macs, count_params, create, get_entry, list_models
 from cifarlab.models.convnext import ConvNeXt, ModernBlock, ModernResNet, modernization_steps, stage_kernel_sizes
 from cifarlab.models.layers.convnext_block import ConvNeXtBlock, LargeKernelSplitAttention
 from cifarlab.models.layers.norm import LayerNorm2d
-from helpers import assert_same_logits, randomize_
 
 
 def _copy_in_order(src: nn.Module, dst: nn.Module) -> None:

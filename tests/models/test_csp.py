@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_size, randomize_, stage_output_shapes
 from timm.models.cspnet import BottleneckBlock, CrossStage as TimmCrossStage
 
 from cifarlab.models import count_params, create
 from cifarlab.models.csp import CrossStage
-from helpers import assert_size, randomize_, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,depth", [(64, 128, 1, 2), (128, 256, 2, 1)])

@@ -5,12 +5,12 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_no_padding_only_taps, assert_same_logits, assert_size, randomize_
 from timm.layers import LayerNorm2d as TimmLayerNorm2d
 from timm.models.edgenext import ConvBlock, CrossCovarianceAttn, EdgeNeXt as TimmEdgeNeXt, SplitTransposeBlock
 
 from cifarlab.models import count_macs, create, get_entry
 from cifarlab.models.edgenext import ConvEncoder, CrossCovarianceAttention, SplitDepthwiseTransposeAttention
-from helpers import assert_no_padding_only_taps, assert_same_logits, assert_size, randomize_
 
 
 def _copy_into(ref: nn.Module, ours: nn.Module, rename=lambda k: k) -> nn.Module:

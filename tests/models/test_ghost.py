@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from timm.models.ghostnet import GhostBottleneck as TimmGhostBottleneck
-from timm.models.ghostnet import GhostModule as TimmGhostModule
+from helpers import randomize_
+from timm.models.ghostnet import GhostBottleneck as TimmGhostBottleneck, GhostModule as TimmGhostModule
 
 from cifarlab import CifarlabError
 from cifarlab.models import count_macs, count_params, create, get_entry
@@ -14,8 +14,6 @@ from cifarlab.models.layers import CONV_LAYERS
 from cifarlab.models.layers.attention import ECA
 from cifarlab.models.layers.conv import ConvNormAct
 from cifarlab.models.layers.ghost import GhostBottleneck, GhostECAModule, GhostModule, make_divisible
-from helpers import randomize_
-
 
 # our key fragment -> timm's (GhostModule: primary_conv / cheap_operation Sequentials;
 # GhostBottleneck: conv_dw + bn_dw, SqueezeExcite conv_reduce/conv_expand, 4-layer shortcut)

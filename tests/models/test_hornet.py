@@ -5,11 +5,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 from cifarlab import CifarlabError
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.hornet import GnConvNorm, HorNetBlock, RecursiveGatedConv
-from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def gnconv_params(C: int, n: int, k: int) -> int:

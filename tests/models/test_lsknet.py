@@ -4,11 +4,11 @@ re-derivation and parameter formula; per-stage kernel sizing; pinned sizes; LSK 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.lsknet import CIFAR_LSK_KERNELS, LargeSelectiveKernel
 from cifarlab.models.segnext import SpatialGatingBlock
-from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def lsk_params(C: int, kernels=((5, 1), (7, 3)), s: int = 7) -> int:

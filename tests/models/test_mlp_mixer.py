@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import assert_same_logits, randomize_
 
 from cifarlab.models import count_params, create
 from cifarlab.models.mlp_mixer import MixerBlock, MlpMixer
-from helpers import assert_same_logits, randomize_
 
 
 @pytest.mark.parametrize("name, params", [("mixer_mini_p4", 1_143_780), ("mixer_s_p4", 17_156_196)])

@@ -4,12 +4,12 @@ the CA combination, pinned sizes."""
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_size, randomize_, stage_output_shapes
 from timm.models.res2net import Bottle2neck
 
 from cifarlab.models import count_params, create
 from cifarlab.models.layers import ATTENTION_LAYERS
 from cifarlab.models.res2net import Res2NetBasicBlock, Res2NetBottleneck, Res2NetConv
-from helpers import assert_size, randomize_, stage_output_shapes
 
 
 def _from_timm(sd: dict, width: int) -> dict:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_size, randomize_, stage_output_shapes
 from timm.layers import SplitAttn
 from timm.models.resnest import ResNestBottleneck
 from timm.models.resnet import downsample_avg
@@ -11,7 +12,6 @@ from cifarlab import CifarlabError
 from cifarlab.models import create
 from cifarlab.models.layers.split_attention import SplitAttention
 from cifarlab.models.resnest import ResNeStBottleneck
-from helpers import assert_size, randomize_, stage_output_shapes
 
 
 @pytest.mark.parametrize("in_ch,out_ch,stride,groups,radix", [

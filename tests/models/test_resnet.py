@@ -5,6 +5,7 @@ from cifarlab import CifarlabError
 from cifarlab.models import count_macs, count_params, create, list_models, register_model
 from cifarlab.models.registry import _REGISTRY
 
+
 # He et al. 2016 (Deep Residual Learning), CIFAR ResNets: ResNet-20 with 100 classes, option A / B; ResNet-56
 # (and the published param counts)
 @pytest.mark.parametrize("name,shortcut,params,macs", [

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_size, randomize_, stage_output_shapes
 from timm.models.resnet import Bottleneck as TimmBottleneck
 
 from cifarlab.models import count_macs, count_params, create
 from cifarlab.models.layers.bottleneck import Bottleneck
-from helpers import assert_size, randomize_, stage_output_shapes
 
 
 def _timm_key(k: str) -> str:

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 from cifarlab.models import count_params, create, get_entry
 from cifarlab.models.segnext import MultiScaleConvAttention, SpatialGatingBlock
-from helpers import assert_no_padding_only_taps, assert_size, randomize_
 
 
 def msca_params(C: int, strips=(7, 11, 21), k0: int = 5) -> int:

@@ -5,11 +5,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn as nn
+from helpers import assert_same_logits, randomize_
 
 from cifarlab.models import count_params, create
 from cifarlab.models.layers.transformer import DropPath, TransformerBlock
 from cifarlab.models.vit import VisionTransformer
-from helpers import assert_same_logits, randomize_
 
 
 @pytest.mark.parametrize("name, params", [("vit_mini_p4", 1_217_508), ("vit_s_p4", 10_730_212)])

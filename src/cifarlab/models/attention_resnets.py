@@ -13,8 +13,8 @@ through ``model_kwargs`` on any ResNet entry.
 
 from __future__ import annotations
 
-from .resnet import describe_resnet, resnet, wide_resnet18
 from .registry import register_model
+from .resnet import describe_resnet, resnet, wide_resnet18
 
 _ATTENTIONS = {
     # name: (family, paper, what is inserted, adaptation on ResNet-20/56, adaptation on the wide ResNet-18)

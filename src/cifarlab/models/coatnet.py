@@ -34,7 +34,10 @@ import torch.nn as nn
 
 from .layers.norm import DropPath, drop_path_rates
 from .layers.transformer import (
-    LN_EPS, Mlp, MultiHeadSelfAttention, init_transformer_weights,
+    LN_EPS,
+    Mlp,
+    MultiHeadSelfAttention,
+    init_transformer_weights,
 )
 from .registry import register_model
 

@@ -36,7 +36,11 @@ import torch.nn as nn
 
 from .. import CifarlabError
 from .layers.bottleneck import (
-    CifarStageNet, ResidualBlock, projection_shortcut, resnext29_blocks, uniform_stage_net,
+    CifarStageNet,
+    ResidualBlock,
+    projection_shortcut,
+    resnext29_blocks,
+    uniform_stage_net,
 )
 from .layers.conv import ConvNormAct
 from .registry import register_model

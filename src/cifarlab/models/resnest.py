@@ -24,7 +24,11 @@ import torch
 import torch.nn as nn
 
 from .layers.bottleneck import (
-    CifarStageNet, ResidualBlock, projection_shortcut, resnext29_blocks, uniform_stage_net,
+    CifarStageNet,
+    ResidualBlock,
+    projection_shortcut,
+    resnext29_blocks,
+    uniform_stage_net,
 )
 from .layers.conv import ConvNormAct
 from .layers.split_attention import SplitAttention

@@ -18,15 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import CifarlabError
 from ..io import atomic_open, read_json
-from . import budget
-from . import figures as fg
+from . import budget, figures as fg
 from .calibration import reliability_diagram
 from .gradcam import gradcam_figure
 from .records import Run, by_dataset, load_run, load_runs
 from .summary import Row, Table, build_tables
 from .tables import csv_text, latex, markdown
-from .writeup import (FigureSet, Section, Writer, headline_block, report_markdown, results_page,
-                      results_page_empty)
+from .writeup import FigureSet, Section, Writer, headline_block, report_markdown, results_page, results_page_empty
 
 
 class ReportOptions(BaseModel):

@@ -147,11 +147,11 @@ def setup(section: Section, w: Writer) -> list[str]:
         out.append(f"- **Not one budget**: {', '.join(unfair)} differ between runs, so accuracy differences mix "
                    f"method and budget.")
     selection = Counter(r.record.get("selection", "final epoch") for r in runs)
-    out.append(f"- **Reported accuracy**: test top-1/top-5 at the "
+    out.append("- **Reported accuracy**: test top-1/top-5 at the "
                + " / ".join(f"{s} ({n} runs)" for s, n in selection.items())
                + "; never the best epoch on the test set.")
     devices = Counter(f"{r.record.get('device', '?')} x{r.record.get('world_size', 1)}" for r in runs)
-    out.append(f"- **Hardware**: " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items()) + ".")
+    out.append("- **Hardware**: " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items()) + ".")
     torch_versions = sorted({str(r.record.get("environment", {}).get("torch")) for r in runs} - {"None"})
     if torch_versions:
         out.append(f"- **Software**: torch {', '.join(torch_versions)}; git commits "

@@ -9,8 +9,8 @@ from typing import Any
 
 from .. import CifarlabError
 from ..io import load_yaml
-from .ray_executor import DEFAULT_MAX_RETRIES
 from . import stats
+from .ray_executor import DEFAULT_MAX_RETRIES
 from .runner import plan_lines, records_in, run_study, study_records
 from .spec import Study, load_study, parse_shard
 from .table import format_table, summary_table

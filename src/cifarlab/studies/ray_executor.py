@@ -33,8 +33,19 @@ from typing import Any, Callable
 from .. import CifarlabError
 from ..io import read_json, write_json
 from ..train import RunFiles
-from .runner import (DataCache, Outcome, RunState, estimate, format_seconds, log_summary, record_failure, run_one,
-                     run_state, settled_outcome, start_study)
+from .runner import (
+    DataCache,
+    Outcome,
+    RunState,
+    estimate,
+    format_seconds,
+    log_summary,
+    record_failure,
+    run_one,
+    run_state,
+    settled_outcome,
+    start_study,
+)
 from .spec import Study, StudyRun
 
 DEFAULT_MAX_RETRIES = 2

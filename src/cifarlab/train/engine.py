@@ -46,8 +46,16 @@ from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, save_checkpoint
 from .loop import EpochStats, NonFiniteLossError, Training, make_train_step, train_epoch
-from .metrics import (autocast_context, correctness_string, environment, evaluate, measure_inference,
-                      peak_memory_bytes, per_class_accuracy, superclass_accuracy)
+from .metrics import (
+    autocast_context,
+    correctness_string,
+    environment,
+    evaluate,
+    measure_inference,
+    peak_memory_bytes,
+    per_class_accuracy,
+    superclass_accuracy,
+)
 from .tracking import finish_tracking, log_epoch, start_tracking, tracker_names
 
 

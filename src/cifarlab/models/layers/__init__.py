@@ -9,6 +9,7 @@ replaces a 3x3 convolution, signature ``cls(in_ch, out_ch, stride=1, act=True, *
 from .activations import get_act_layer
 from .factory import ATTENTION_LAYERS, CONV_LAYERS, create_attention, create_conv
 from .pooling import GeneralizedMeanPool, GlobalPool
+
 from . import attention, ghost  # noqa: E402,F401  (fill the name tables)  isort: skip
 
 __all__ = [
