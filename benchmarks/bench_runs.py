@@ -2,17 +2,20 @@
 
     python -m benchmarks.bench_runs [--runs 500] [--repeats 5] [--workdir DIR]
 
-Fabricates ``--runs`` run folders shaped like the engine's (config.json, a 200-line metrics.jsonl, two checkpoint
-folder names, and a full-size result.json with 10,000 per-image test predictions), spread over studies, variants
-and seeds: 70 % done, 20 % interrupted, 10 % failed. Then times the listing in this process (median of
-``--repeats``, after one warm call that fills the OS file cache) and once through the ``cifarlab runs`` command
-in a fresh Python process (start-up included). Prints both; writes nothing else.
+Fabricates ``--runs`` run folders shaped like the engine's (config.json, a 200-line metrics.jsonl, two small
+checkpoints with their manifests, and a full-size result.json with 10,000 per-image test predictions), spread over
+studies, variants and seeds: 70 % done, 20 % interrupted, 10 % failed. Then times the listing in this process
+(median of ``--repeats``, after one warm call that fills the OS file cache) and through the ``cifarlab runs``
+command in a fresh Python process, start-up included (median of ``--repeats``, with the process's peak memory).
+Prints both; writes nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -55,11 +58,21 @@ def fabricate(root: Path, n: int, seed: int = 0) -> None:
                                                    + "\n" for e in range(1, done + 1)))
         for e in (done - 1, done):
             if e > 0:
-                (run / "checkpoints" / f"epoch-{e:04d}").mkdir()
+                _checkpoint(run / "checkpoints" / f"epoch-{e:04d}", e)
         if kind < 0.7:
             (run / "result.json").write_text(json.dumps(_result(cfg, rng), indent=1))
         elif kind >= 0.9:
             (run / "error.json").write_text(json.dumps({"error": f"non-finite loss at epoch {done + 1}, step 3"}))
+
+
+def _checkpoint(folder: Path, epoch: int) -> None:
+    """A checkpoint folder with its manifest (tiny stand-ins for the tensors: the listing hashes them)."""
+    folder.mkdir()
+    files = {"model.safetensors": b"w" * 4096, "state.pt": b"s" * 8192}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "manifest.json").write_text(json.dumps({"epoch": epoch, "files": {
+        n: hashlib.sha256(d).hexdigest() for n, d in files.items()}}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +96,16 @@ def main(argv: list[str] | None = None) -> int:
         counts = {s: sum(r.status == s for r in rows) for s in ("done", "interrupted", "failed")}
         print(f"list_runs: {len(rows)} rows {counts}, median {statistics.median(times):.3f} s "
               f"(min {min(times):.3f}, max {max(times):.3f}) over {args.repeats} calls")
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "cifarlab.cli", "runs", str(root)], capture_output=True, text=True,
-                             check=True).stdout
-        print(f"cifarlab runs (fresh process, start-up included): {time.perf_counter() - t:.2f} s, "
-              f"{len(out.splitlines()) - 1} rows")
+        walls, peaks = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "cifarlab.cli", "runs", str(root)], capture_output=True,
+                                 text=True, check=True).stdout
+            walls.append(time.perf_counter() - t)
+            peaks.append(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+        print(f"cifarlab runs (fresh process, start-up included): median {statistics.median(walls):.2f} s "
+              f"(min {min(walls):.2f}, max {max(walls):.2f}) over {args.repeats} processes, peak memory "
+              f"{max(peaks):.0f} MiB, {len(out.splitlines()) - 1} rows")
     return 0
 
 

@@ -44,7 +44,18 @@ from cifarlab.models import count_params, create, list_models
 from cifarlab.train import make_train_step, train_epoch
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
-from .common import EPOCH_IMAGES, RESULTS, Timer, csv_ints, csv_strs, header, pick_device, save, sync, train_split
+from .common import (
+    EPOCH_IMAGES,
+    RESULTS,
+    Timer,
+    csv_ints,
+    csv_strs,
+    header,
+    pick_device,
+    save,
+    synchronize,
+    train_split,
+)
 
 PATHS = ("recipe", "engine", "fast", "compiled")
 NAN_CHECK_EVERY = 50
@@ -237,7 +248,7 @@ def profile_summary(path: TrainPath, steps: int, device: torch.device, top: int 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with Timer(device) as t, profile(activities=acts) as prof:
         path.epoch(10_000, max_steps=steps)
-        sync(device)
+        synchronize(device)
     events = prof.key_averages()
     if cuda:  # the kernels themselves (device-side events), as the profiler's own "Self CUDA" total counts them
         stat, events = "self_device_time_total", [e for e in events if e.device_type == DeviceType.CUDA]

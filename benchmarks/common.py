@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import cifarlab
 from cifarlab.data import Split
 from cifarlab.data.meta import DATASETS
+from cifarlab.environment import device_name, environment, synchronize
 from cifarlab.io import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,34 +25,8 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def device_slug(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def environment(device: torch.device) -> dict:
-    return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cifarlab": cifarlab.__version__, "git_commit": git_commit()}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def train_split(data: str | None, images: int, seed: int = 0) -> tuple[Split, tuple, tuple, str]:
@@ -78,12 +50,12 @@ class Timer:
         self.device = device
 
     def __enter__(self) -> "Timer":
-        sync(self.device)
+        synchronize(self.device)
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
-        sync(self.device)
+        synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
 
 

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cifarlab.environment import git_commit
 from cifarlab.io import write_json
 from cifarlab.studies import stats
 
-from .common import ROOT, git_commit
+from .common import ROOT
 
 MU_Z, SD_Z = 1.6, 2.2  # image difficulty: mean top-1 about 0.72; two runs disagree on about 1 image in 4
 MIXED_SD = 1.0  # logit SD of the variant's per-image effect in the mixed settings

@@ -1,10 +1,12 @@
-"""Write docs/models.md from the model registry (every figure computed here, none typed)."""
+"""Write docs/models.md and the model catalogue (src/cifarlab/model_catalog.json) from the model registry (every
+figure computed here, none typed)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+from cifarlab.model_catalog import write_catalog
 from cifarlab.models import aliases, count_macs, count_params, create, get_entry, list_models
 from cifarlab.models.complexity import MAC_CONVENTION
 
@@ -33,7 +35,7 @@ def main(out: Path) -> None:
                     f"- **Default recipe:** {recipe}", ""]
     alias_rows = ["", "Short names: " + ", ".join(f"`{a}` = `{t}`" for a, t in sorted(aliases().items())), ""]
     out.write_text("\n".join(lines + alias_rows + ["## Entries", ""] + details))
-    print(f"wrote {out} ({len(list_models())} models)")
+    print(f"wrote {out} ({len(list_models())} models) and {write_catalog()}")
 
 
 if __name__ == "__main__":

@@ -85,26 +85,26 @@ def finish(pid: int) -> int:
 
 def progress(out: Path) -> str:
     """Where the work stood: per run, the epochs in metrics.jsonl and the intact checkpoints."""
-    from cifarlab.train.checkpoint import find_latest
+    from cifarlab.run import RunFolder, newest_intact
 
     parts = []
     for name in RUNS:
         run = out / "chaos" / name
         rows = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
-        found = find_latest(run / "checkpoints")
+        found = newest_intact(RunFolder(run))
         done = " done" if (run / "result.json").exists() else ""
-        parts.append(f"{name}: {rows} rows, checkpoint {found[0] if found else '-'}{done}")
+        parts.append(f"{name}: {rows} rows, checkpoint {found.epoch if found else '-'}{done}")
     return "; ".join(parts)
 
 
 def safe_points(out: Path) -> int:
     """How many safe points the study has passed: checkpointed epochs, plus 1 per run with result.json."""
-    from cifarlab.train.checkpoint import find_latest
+    from cifarlab.run import RunFolder, newest_intact
 
     done = 0
     for name in RUNS:
-        found = find_latest(out / "chaos" / name / "checkpoints")
-        done += (found[0] if found else 0) + (out / "chaos" / name / "result.json").exists()
+        found = newest_intact(RunFolder(out / "chaos" / name))
+        done += (found.epoch if found else 0) + (out / "chaos" / name / "result.json").exists()
     return done
 
 

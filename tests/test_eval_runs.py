@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from cifarlab import cli
 from cifarlab.config import build_config
@@ -16,11 +17,12 @@ from cifarlab.data.meta import CIFAR10_CLASSES, CIFAR100_FINE, DATASETS
 from cifarlab.data.synthetic import synthetic_arrays
 from cifarlab.io import read_json, write_json
 from cifarlab.report.calibration import other_test_sets, reliability_diagram
-from cifarlab.report.records import load_runs
 from cifarlab.report.runs import list_runs
 from cifarlab.report.summary import build_tables
 from cifarlab.report.writeup import Writer
+from cifarlab.run import RunFolder, finished_runs as load_runs
 from cifarlab.train import fit
+from cifarlab.train.checkpoint import save_checkpoint
 from cifarlab.train.evaluate import evaluate_run
 from cifarlab.train.metrics import expected_calibration_error
 
@@ -169,8 +171,9 @@ def _interrupted(src: Path, dst: Path, epochs_done: int, error: str | None = Non
     cfg = read_json(dst / "config.json")
     write_json(dst / "config.json", {**cfg, "epochs": 10, "model": "eca_resnet20"})
     for e in range(1, epochs_done + 1):
-        (dst / "checkpoints" / f"epoch-{e:04d}").mkdir(parents=True)
+        save_checkpoint(RunFolder(dst), e, torch.nn.Linear(2, 2), {"epoch": e}, keep=100)
     (dst / "checkpoints" / ".epoch-0009.tmp").mkdir()  # a torn write is no checkpoint
+    (dst / "checkpoints" / "epoch-0010").mkdir()  # nor is a folder without its manifest
     if error:
         write_json(dst / "error.json", {"error": error, "epoch": epochs_done + 1, "step": 2})
     return dst
@@ -195,9 +198,9 @@ def test_runs_lists_status_from_the_records_and_filters_and_sorts(trained, tmp_p
     assert set(rows) == {"loose", "eca/resnet8/seed0", "eca/eca8/seed1", "eca/eca8/seed2", "broken"}
     assert rows["loose"].status == "done" and rows["loose"].top1 == rec["top1"] and rows["loose"].study is None
     assert (rows["eca/resnet8/seed0"].study, rows["eca/resnet8/seed0"].variant) == ("eca", "resnet8")
-    assert rows["eca/eca8/seed1"].status == "interrupted" and rows["eca/eca8/seed1"].detail == "at epoch 3 of 10"
+    assert rows["eca/eca8/seed1"].status == "interrupted" and rows["eca/eca8/seed1"].detail == "after epoch 3 of 10"
     assert rows["eca/eca8/seed2"].status == "failed" and rows["eca/eca8/seed2"].detail.startswith("non-finite loss")
-    assert rows["broken"].status == "failed" and "unreadable result.json" in rows["broken"].detail
+    assert rows["broken"].status == "failed" and "result.json: not valid JSON" in rows["broken"].detail
     assert rows["loose"].train_seconds == rec["train_seconds"] and rows["loose"].images_per_second > 0
 
     assert [r.path for r in list_runs([root], sort="top1")][:2] == ["eca/resnet8/seed0", "loose"]
@@ -220,7 +223,9 @@ def test_runs_reads_a_large_record_whatever_the_order_of_its_fields(trained, tmp
     a field (here: when the per-image lists come first)."""
     run = Path(shutil.copytree(trained, tmp_path / "runs" / "big"))
     rec = read_json(run / "result.json")
-    lists = {"test_predictions": list(range(20_000)), "test_labels": list(range(20_000))}
+    n = 20_000  # per-image lists of a test split this large put the record well past the head the listing parses
+    lists = {"test_predictions": [i % 100 for i in range(n)], "test_labels": [i % 100 for i in range(n)],
+             "test_correct": "1" * n, "split_sizes": {**rec["split_sizes"], "test": n}}
     scalars = {k: v for k, v in rec.items() if k not in lists}
     fields = {**lists, **scalars} if lists_first else {**scalars, **lists}
     (run / "result.json").write_text(json.dumps(fields, indent=1))

@@ -36,6 +36,7 @@ from cifarlab.data.meta import CIFAR100_COARSE, CIFAR100_FINE
 from cifarlab.hub import save_pretrained
 from cifarlab.io import write_json
 from cifarlab.models import create
+from cifarlab.run import RunFolder
 from cifarlab.train.checkpoint import save_checkpoint
 
 SIDE = "PWNED"  # the file a payload would create, in the test's own folder
@@ -416,7 +417,7 @@ def _run_folder(d: Path) -> Path:
     run = d / "run"
     cfg = build_config({**SMALL, "epochs": 2})
     write_json(run / "config.json", cfg.model_dump(mode="json"))
-    save_checkpoint(run / "checkpoints", 2, create("resnet20", depth=8), {"epoch": 2})
+    save_checkpoint(RunFolder(run), 2, create("resnet20", depth=8), {"epoch": 2})
     labels = np.arange(100) % 100
     preds = np.where(labels % 2 == 0, labels, (labels + 1) % 100)
     write_json(run / "result.json", {

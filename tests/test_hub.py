@@ -18,18 +18,15 @@ from safetensors.torch import load_file
 from cifarlab import CifarlabError
 from cifarlab.cli import main
 from cifarlab.data.meta import DATASETS
-from cifarlab.hub import (
-    build_upload_folder,
-    load_pretrained,
-    model_card,
-    normalize_images,
-    prepare_image,
-    save_pretrained,
-)
+from cifarlab.hub import build_upload_folder, from_pretrained, load_pretrained, prepare_image, save_pretrained
+from cifarlab.hub.card import model_card
+from cifarlab.hub.predict import normalize_images
 from cifarlab.io import read_json, write_json
-from cifarlab.models import create, from_pretrained, get_entry
+from cifarlab.models import create, get_entry
+from cifarlab.run import load_finished
 
-UPLOAD_FILES = ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "result.json"]
+UPLOAD_FILES = ["README.md", "config.json", "metrics.jsonl", "model.safetensors", "result.json",
+                "training_config.json"]
 
 
 @torch.no_grad()
@@ -165,7 +162,7 @@ def test_card_for_real_data_has_model_index_and_notes_epoch_mismatch(run_dir):
     result = {**read_json(run_dir / "result.json"), "source_kind": "parquet", "selected_epoch": 7,
               "selection": "best validation top-1", "val_top1": 0.5, "val_top5": 0.75}
     pre = load_pretrained(run_dir)
-    card = model_card(result, pre.config, "me/real", weights_epoch=9, ema=False)
+    card = model_card(load_finished(run_dir, result), pre.config, "me/real", weights_epoch=9, ema=False)
     meta = huggingface_hub.ModelCard(card).data
     assert meta.datasets == ["uoft-cs/cifar100"]
     assert [(r.metric_name, r.metric_value) for r in meta.eval_results] == [

@@ -36,6 +36,8 @@ from cifarlab.data.meta import CIFAR100_COARSE, CIFAR100_FINE
 from cifarlab.io import read_json
 from cifarlab.models import register_model
 from cifarlab.models.registry import _REGISTRY
+from cifarlab.run import RunFolder, newest_intact
+from cifarlab.run.checkpoints import problem
 from cifarlab.train import NonFiniteLossError, checkpoint as ckpt, fit
 
 HERE = Path(__file__).resolve().parent
@@ -56,8 +58,8 @@ def _epochs_in_metrics(run: Path) -> list[int]:
 
 
 def _latest_intact(run: Path) -> int | None:
-    found = ckpt.find_latest(run / "checkpoints")
-    return None if found is None else found[0]
+    found = newest_intact(RunFolder(run))
+    return None if found is None else found.epoch
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -294,30 +296,33 @@ def test_no_intact_checkpoint_starts_again_and_says_so(tmp_path, stopped_after_3
 def test_checkpoint_verification(tmp_path):
     model = torch.nn.Linear(3, 2)
     state = {"step": torch.tensor(1)}
+    run = RunFolder(tmp_path)
     for epoch in (1, 2, 3):
-        ckpt.save_checkpoint(tmp_path, epoch, model, state, keep=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0002", "epoch-0003"]
-    d = tmp_path / "epoch-0003"
-    assert ckpt.verify(d) is None
+        ckpt.save_checkpoint(run, epoch, model, state, keep=2)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0002", "epoch-0003"]
+    d = folder / "epoch-0003"
+    assert problem(run, d.name)[0] is None
     assert set(read_json(d / "manifest.json")["files"]) == {"model.safetensors", "state.pt"}
     manifest = (d / "manifest.json").read_text()
     (d / "state.pt").rename(d / "state.bak")
-    assert ckpt.verify(d) == "state.pt is missing"
+    assert problem(run, d.name)[0] == "state.pt is missing"
     (d / "state.bak").rename(d / "state.pt")
     (d / "manifest.json").write_text(manifest[: len(manifest) // 2])
-    assert ckpt.verify(d) == "unreadable manifest"
+    assert problem(run, d.name)[0] == "unreadable manifest"
     (d / "manifest.json").write_text("[1, 2]")
-    assert ckpt.verify(d) == "unreadable manifest"
+    assert problem(run, d.name)[0] == "unreadable manifest"
     (d / "manifest.json").write_text(json.dumps({"epoch": 3, "files": {}}))
-    assert ckpt.verify(d) == "manifest does not list the weights and the training state"
-    assert ckpt.find_latest(tmp_path)[:2] == (2, tmp_path / "epoch-0002")
+    assert problem(run, d.name)[0] == "manifest does not list the weights and the training state"
+    found = newest_intact(run)
+    assert (found.epoch, found.path) == (2, folder / "epoch-0002")
     # a temp folder left by a killed write is never taken and goes with the next save
-    stale = tmp_path / ".epoch-0004.abc123"
+    stale = folder / ".epoch-0004.abc123"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"partial")
-    assert ckpt.find_latest(tmp_path)[0] == 2
-    ckpt.save_checkpoint(tmp_path, 4, model, state, keep=2)
-    assert not stale.exists() and ckpt.find_latest(tmp_path)[0] == 4
+    assert newest_intact(run).epoch == 2
+    ckpt.save_checkpoint(run, 4, model, state, keep=2)
+    assert not stale.exists() and newest_intact(run).epoch == 4
 
 
 # ---------------------------------------------------------------- numerics
@@ -395,10 +400,10 @@ def test_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, capsys, monke
 
     save = engine.save_checkpoint
 
-    def save_until_full(ckpt_dir, epoch, *a, **kw):
+    def save_until_full(run, epoch, *a, **kw):
         if epoch == 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(ckpt_dir / ".epoch-0002.x" / "state.pt"))
-        return save(ckpt_dir, epoch, *a, **kw)
+            raise OSError(errno.ENOSPC, "No space left on device", str(run.root / "checkpoints" / ".epoch-0002.x"))
+        return save(run, epoch, *a, **kw)
 
     monkeypatch.setattr(engine, "save_checkpoint", save_until_full)
     rc = cli.main(["train", "--model", "resnet20", "--set", "model_kwargs={depth: 8}", "--data", "synthetic:300:100",

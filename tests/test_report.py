@@ -21,9 +21,9 @@ from cifarlab.io import read_json, write_json
 from cifarlab.models import create
 from cifarlab.report.build import ReportOptions, build_report, write_results_page
 from cifarlab.report.gradcam import explained_map, grad_cam
-from cifarlab.report.records import load_runs
 from cifarlab.report.summary import assign_baselines, build_tables
 from cifarlab.report.writeup import Writer, claim_sentence
+from cifarlab.run import finished_runs as load_runs
 from cifarlab.train import fit
 
 DATA = "synthetic:300:100"

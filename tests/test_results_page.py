@@ -10,7 +10,7 @@ import pytest
 from cifarlab.cli import main
 from cifarlab.io import write_json
 from cifarlab.report import budget
-from cifarlab.report.records import load_run
+from cifarlab.run import load_finished
 
 FINGERPRINT = "f" * 64
 TEST = 1000
@@ -91,7 +91,7 @@ def test_the_page_leads_with_the_cpu_reference_generated_from_its_records(page):
 
 def test_no_absolute_path_reaches_a_generated_page(page):
     root, text, _ = page
-    assert load_run(root / "results" / "cpu-reference" / "resnet20-cifar100-seed1" / "result.json") \
+    assert load_finished(root / "results" / "cpu-reference" / "resnet20-cifar100-seed1") \
         .record["source"] == PRIVATE, "the record keeps the source as the user gave it"
     generated = [root / "README.md", root / "docs" / "results.md",
                  *sorted((root / "docs" / "results-report").rglob("*.md"))]
@@ -125,11 +125,11 @@ def test_a_readme_without_the_markers_is_refused(tmp_path, capsys):
 
 def test_budget_classes(tmp_path):
     results = tmp_path / "results"
-    full = load_run(_run(results / "gpu" / "a", seed=0, top1=0.68, epochs=200, device="NVIDIA H200") / "result.json")
-    gpu_short = load_run(_run(results / "gpu-reference" / "b", seed=0, top1=0.6, epochs=30,
-                              device="NVIDIA H200") / "result.json")
-    outside = load_run(_run(tmp_path / "elsewhere" / "reference" / "c", seed=0, top1=0.6) / "result.json")
-    synthetic = load_run(_run(results / "x-reference" / "d", seed=0, top1=0.01, epochs=200) / "result.json")
+    full = load_finished(_run(results / "gpu" / "a", seed=0, top1=0.68, epochs=200, device="NVIDIA H200"))
+    gpu_short = load_finished(_run(results / "gpu-reference" / "b", seed=0, top1=0.6, epochs=30,
+                                   device="NVIDIA H200"))
+    outside = load_finished(_run(tmp_path / "elsewhere" / "reference" / "c", seed=0, top1=0.6))
+    synthetic = load_finished(_run(results / "x-reference" / "d", seed=0, top1=0.01, epochs=200))
     synthetic.record["source_kind"] = "synthetic"
     assert budget.classify(full, results).kind == budget.REFERENCE
     assert budget.classify(gpu_short, results).kind == budget.REDUCED

@@ -13,8 +13,9 @@ from benchmarks import stats_coverage
 from cifarlab import CifarlabError
 from cifarlab.cli import main
 from cifarlab.io import write_json
+from cifarlab.run import FinishedRun, RunFolder
 from cifarlab.studies import stats
-from cifarlab.studies.runner import RunRecord, records_in
+from cifarlab.studies.runner import records_in
 from cifarlab.studies.table import format_table, summary_table
 
 N_IMAGES = 2000
@@ -31,7 +32,7 @@ def _record(variant, seed, correct, dataset="cifar100", fingerprint="fp-a", mode
               "split_sizes": {"train": 50000, "test": len(correct)}, "top1": float(np.mean(correct)), "top5": 0.9,
               "params": 1000, "macs": 2_000_000, "epochs": 10, "train_seconds": 5.0, "images_per_second": 100.0,
               "test_correct": s, "mac_convention": "FLOPs/2"}
-    return RunRecord(variant, seed, Path(f"{root}/{variant}/seed{seed}"), result)
+    return FinishedRun(RunFolder(f"{root}/{variant}/seed{seed}"), {**result, "seed": seed}, "study", variant)
 
 
 # Each setting's coverage comes from QUICK_STUDIES (3,000) simulated studies: its binomial SD is
@@ -218,9 +219,9 @@ def test_table_says_what_the_seeds_can_detect(tmp_path, capsys):
 
 
 def test_report_findings_say_what_the_seeds_could_detect(tmp_path):
-    from cifarlab.report.records import load_runs
     from cifarlab.report.summary import build_tables
     from cifarlab.report.writeup import Section, Writer, findings
+    from cifarlab.run import finished_runs as load_runs
 
     rng = np.random.default_rng(8)
     top1 = {}

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+import cifarlab.train
 from cifarlab import CifarlabError
 from cifarlab.cli import main
 from cifarlab.config import build_config
@@ -26,7 +27,7 @@ from cifarlab.data.policies import (
 )
 from cifarlab.models import get_entry, list_models
 from cifarlab.models.convnext import modernization_steps
-from cifarlab.studies import load_study, parse_study, run_state, run_study, runner, shard_runs, study_summary
+from cifarlab.studies import load_study, parse_study, run_state, run_study, shard_runs, study_summary
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
@@ -148,7 +149,7 @@ def test_study_runs_stops_half_way_resumes_and_tabulates(tmp_path, monkeypatch, 
     file = _write(tmp_path / "tiny.yaml", _tiny_study())
     out = tmp_path / "runs"
     study = load_study(file)
-    real_fit, calls = runner.fit, []
+    real_fit, calls = cifarlab.train.fit, []
 
     def fit_killed_in_third_run(cfg, run_dir, **kw):
         calls.append(run_dir)
@@ -158,18 +159,18 @@ def test_study_runs_stops_half_way_resumes_and_tabulates(tmp_path, monkeypatch, 
             kw["on_epoch_end"] = kill
         return real_fit(cfg, run_dir, **kw)
 
-    monkeypatch.setattr(runner, "fit", fit_killed_in_third_run)
+    monkeypatch.setattr(cifarlab.train, "fit", fit_killed_in_third_run)
     with pytest.raises(KeyboardInterrupt):
         run_study(study, out, progress=False, log=lambda s: None)
     states = [run_state(r, out) for r in study.runs()]
-    assert [s.status for s in states] == ["done", "done", "interrupted", "todo"]
+    assert [s.status for s in states] == ["done", "done", "interrupted", "new"]
     assert states[2].last_epoch == 1
-    monkeypatch.setattr(runner, "fit", real_fit)
+    monkeypatch.setattr(cifarlab.train, "fit", real_fit)
 
     capsys.readouterr()
     assert main(["study", "plan", str(file), "--out", str(out)]) == 0
     plan = capsys.readouterr().out
-    assert "2 done, 1 interrupted, 1 todo" in plan
+    assert "2 done, 1 interrupted, 1 new" in plan
     assert "2 runs from epoch times of finished runs of the same model" in plan
     assert "1/2" in plan, "the interrupted run has one epoch left"
     # what the design can detect: the seed SD of the baseline's 2 finished runs; 2 seeds cannot carry a claim

@@ -98,14 +98,14 @@ def test_killed_and_resumed_run_is_one_tracker_run_with_each_epoch_once(offline_
     argv = ARGV + ["--out", str(tmp_path / "runs")]
     run = tmp_path / "runs" / "tiny"
     assert _fork_cli(argv, tmp_path / "killed.log", _signal_after_checkpoint(1, signal.SIGKILL)) == -9
-    ids = read_json(run / tracking.STATE_FILE)
+    ids = read_json(run / "trackers.json")
     assert ids["logged_epoch"] == 0, "killed after checkpoint 1, before its metrics reached the trackers"
     assert cli.main(argv + ["--resume"]) == 0
 
     result, config = read_json(run / "result.json"), read_json(run / "config.json")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    assert read_json(run / tracking.STATE_FILE) == {**ids, "logged_epoch": 2}
+    assert read_json(run / "trackers.json") == {**ids, "logged_epoch": 2}
 
     # MLflow, through its own client
     from mlflow import MlflowClient

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import CifarlabError
+from .config import set_dotted, set_overrides
 from .io import load_yaml
 
 TRAIN_FLAGS = {  # flag -> (config field, type, help)
@@ -39,21 +40,6 @@ TRAIN_FLAGS = {  # flag -> (config field, type, help)
 }
 
 
-def _parse_value(key: str, text: str) -> Any:
-    return load_yaml(text, f"--set {key}: cannot read {text[:60]!r} as a YAML value")
-
-
-def _set_dotted(d: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise CifarlabError(f"--set: {key!r} is not a field name (use e.g. lr or augment.cutout)")
-    for i, p in enumerate(parts[:-1]):
-        d = d.setdefault(p, {})
-        if not isinstance(d, dict):
-            raise CifarlabError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a group of fields")
-    d[parts[-1]] = value
-
-
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Config overrides from --config FILE, then the flags, then --set key=value (last wins)."""
     over: dict[str, Any] = {}
@@ -74,13 +60,8 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.deterministic:
         over["deterministic"] = True
     if args.cutout is not None:
-        _set_dotted(over, "augment.cutout", args.cutout)
-    for item in args.set or []:
-        if "=" not in item:
-            raise CifarlabError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        _set_dotted(over, k.strip(), _parse_value(k.strip(), v))
-    return over
+        set_dotted(over, "augment.cutout", args.cutout)
+    return set_overrides(args.set, over)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -91,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     name = args.name or f"{cfg.model}-{cfg.dataset}-seed{cfg.seed}"
     run_dir = Path(args.out) / name
     result = fit(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({run_dir / 'result.json'})")
+    print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  ({run_dir})")
     return 0
 
 
@@ -226,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     # Commands defined next to their feature: each module has add_commands(subparsers).
-    from .hub import add_commands as hub_commands
+    from .hub.commands import add_commands as hub_commands
     from .report.commands import add_commands as report_commands
     from .report.runs import add_commands as runs_commands
     from .studies.commands import add_commands as study_commands

@@ -9,13 +9,12 @@ starts, with a message naming the field.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import CifarlabError
-from .io import read_json_object
+from .io import load_yaml
 
 
 class AugmentConfig(BaseModel):
@@ -87,7 +86,7 @@ class TrainConfig(BaseModel):
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: list(DEFAULT_TRACKERS), exclude_if=lambda v: v == list(DEFAULT_TRACKERS),
         description="experiment trackers, through accelerate (docs/tracking.md); a comma-separated string is "
-                    "accepted, 'none' = no tracker. Left out of config.json while it is the default, so runs "
+                    "accepted, 'none' = no tracker. Left out of the run's saved config while it is the default, so runs "
                     "recorded before this field existed keep their config")
 
     @field_validator("report_to", mode="before")
@@ -159,12 +158,12 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainConfig:
     """Defaults <- the model's registry recipe <- ``overrides``; validated, with one clear error."""
-    from .models import get_entry
+    from .model_catalog import model_info
 
     model = overrides.get("model", TrainConfig.model_fields["model"].default)
     merged: dict[str, Any] = {}
     if apply_recipe:
-        merged = _deep_merge(merged, get_entry(str(model)).recipe)
+        merged = _deep_merge(merged, model_info(str(model)).recipe)
     merged = _deep_merge(merged, overrides)
     if "warmup_epochs" in merged and "warmup_epochs" not in overrides and merged["warmup_epochs"] is not None:
         # a recipe's warm-up is for its full budget; a shorter run warms up for at most 10 % of its epochs
@@ -177,10 +176,25 @@ def build_config(overrides: dict[str, Any], apply_recipe: bool = True) -> TrainC
         raise CifarlabError(format_validation_error(err)) from None
 
 
-def read_run_config(path: Path) -> TrainConfig:
-    """A run's ``config.json``, validated; a damaged or foreign file raises one :class:`CifarlabError`."""
-    raw = read_json_object(path, "run config")
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as err:
-        raise CifarlabError(format_validation_error(err, str(path))) from None
+def set_dotted(overrides: dict[str, Any], key: str, value: Any) -> None:
+    """Put ``value`` at the dotted field name ``key`` (``augment.cutout``) of a nested overrides mapping."""
+    parts = key.split(".")
+    if not all(p.strip() for p in parts):
+        raise CifarlabError(f"--set: {key!r} is not a field name (use e.g. lr or augment.cutout)")
+    d = overrides
+    for i, p in enumerate(parts[:-1]):
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise CifarlabError(f"--set {key}: {'.'.join(parts[:i + 1])} is a value, not a group of fields")
+    d[parts[-1]] = value
+
+
+def set_overrides(items: list[str] | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``--set key.sub=value`` items (each value read as YAML) put onto ``overrides`` (a new mapping by default)."""
+    over = overrides if overrides is not None else {}
+    for item in items or []:
+        if "=" not in item:
+            raise CifarlabError(f"--set expects key=value, got {item!r}")
+        key, text = (part.strip() for part in item.split("=", 1))
+        set_dotted(over, key, load_yaml(text, f"--set {key}: cannot read {text[:60]!r} as a YAML value"))
+    return over

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cifarlab.config import build_config
-from cifarlab.models import count_params, create, get_entry, list_models
+from cifarlab.model_catalog import _catalog, model_info
+from cifarlab.models import count_macs, count_params, create, get_entry, list_models
 from cifarlab.train import make_train_step
 
 MODELS = list_models()
@@ -27,6 +28,10 @@ def test_forward_backward_and_learning(name, monkeypatch):
     lo, hi = (0.2e6, 1.5e6) if entry.tier == "small" else (2e6, 30e6)
     assert name in TIER_EXCEPTIONS or lo <= params <= hi, f"{name}: {params:,} params outside its {entry.tier} tier"
     assert entry.paper and entry.arch and entry.family
+    info = model_info(name)  # the catalogue that record-only commands read instead of building models
+    assert (info.family, info.tier, info.paper, info.recipe, info.params, info.macs) == (
+        entry.family, entry.tier, entry.paper, entry.recipe, params, count_macs(model)), \
+        f"{name}: src/cifarlab/model_catalog.json is out of date; run python scripts/make_model_docs.py"
 
     x = torch.randn(8, 3, 32, 32)
     y = torch.arange(8) * 7 % 100
@@ -73,3 +78,12 @@ def test_family_names_resolve():
     for alias, target in aliases().items():
         assert get_entry(alias).name == target
     assert get_entry("vit").family == "vit"
+
+
+def test_the_catalogue_lists_every_built_in_model_and_alias():
+    from cifarlab.models import aliases
+
+    models, catalog_aliases = _catalog()
+    built_in = {n for n in list_models() if get_entry(n).constructor.__module__.startswith("cifarlab.models")}
+    assert set(models) == built_in and catalog_aliases == aliases(), \
+        "src/cifarlab/model_catalog.json is out of date; run python scripts/make_model_docs.py"

@@ -1,12 +1,27 @@
-"""Data: load CIFAR through Hugging Face ``datasets``, decode once, cache, augment on the device."""
+"""Data: load CIFAR through Hugging Face ``datasets``, decode once, cache, augment on the device.
 
-from .augment import BatchAugment
-from .dataset import CifarData, Split, carve_validation, describe, load_data, subsample_train
-from .loader import DeviceLoader
-from .meta import DATASETS, DatasetInfo
-from .sources import resolve_source
+The names below are imported on first use (PEP 562), so that ``cifarlab.data.meta`` — the datasets' classes and
+constants — can be read without importing torch or ``datasets``.
+"""
 
-__all__ = [
-    "BatchAugment", "CifarData", "DATASETS", "DatasetInfo", "DeviceLoader",
-    "Split", "carve_validation", "describe", "load_data", "resolve_source", "subsample_train",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "BatchAugment": "augment", "CifarData": "dataset", "Split": "dataset", "carve_validation": "dataset",
+    "describe": "dataset", "load_data": "dataset", "subsample_train": "dataset", "DeviceLoader": "loader",
+    "DATASETS": "meta", "DatasetInfo": "meta", "resolve_source": "sources",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{_HOMES[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])

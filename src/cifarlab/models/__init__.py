@@ -23,20 +23,7 @@ for _alias, _target in {
     register_alias(_alias, _target)
 
 
-# Deliberate: ``cifarlab.models.from_pretrained`` re-exports the Hub loader, so one import gives both ways to build
-# a model (from scratch with ``create``, from saved weights here). hub.py and the models import each other only
-# inside functions, so neither needs the other at import time.
-def from_pretrained(repo_or_path, **kwargs):
-    """A saved model (folder, run folder or Hub repo id) rebuilt from the registry, in eval mode.
-
-    See :func:`cifarlab.hub.load_pretrained` for the options (``device``, ``revision``, ``token``).
-    """
-    from ..hub import from_pretrained as load  # lazy: the model zoo does not import the Hub code
-
-    return load(repo_or_path, **kwargs)
-
-
 __all__ = [
-    "ModelEntry", "aliases", "count_macs", "count_params", "create", "from_pretrained", "get_entry", "list_models",
+    "ModelEntry", "aliases", "count_macs", "count_params", "create", "get_entry", "list_models",
     "register_alias", "register_model",
 ]

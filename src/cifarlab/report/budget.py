@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .. import CifarlabError
 from ..config import build_config
+from ..run import FinishedRun
 from ..studies.runner import CIFAR_TRAIN_IMAGES
-from .records import Run
 
 REFERENCE, REDUCED, SMOKE = "reference", "reduced", "smoke"
 KINDS = (REFERENCE, REDUCED, SMOKE)  # the page's order
@@ -53,7 +53,7 @@ def recipe_epochs(model: str) -> int:
         return build_config({"model": model}, apply_recipe=False).epochs
 
 
-def train_images(run: Run) -> int | None:
+def train_images(run: FinishedRun) -> int | None:
     """Training images the run used (a carved validation split counts as training data); None when unknown."""
     sizes = run.record.get("split_sizes") or {}
     if "train" not in sizes:
@@ -61,7 +61,7 @@ def train_images(run: Run) -> int | None:
     return int(sizes["train"]) + int(sizes.get("val", 0))
 
 
-def filed_as_reference(run: Run, results: Path) -> bool:
+def filed_as_reference(run: FinishedRun, results: Path) -> bool:
     try:
         parts = run.root.resolve().relative_to(results.resolve()).parts
     except ValueError:
@@ -69,7 +69,7 @@ def filed_as_reference(run: Run, results: Path) -> bool:
     return any("reference" in p for p in parts)
 
 
-def classify(run: Run, results: Path) -> Budget:
+def classify(run: FinishedRun, results: Path) -> Budget:
     """The run's :class:`Budget` under :data:`RULE`; ``results`` is the folder the records are filed in."""
     epochs = int(run.record.get("epochs") or run.config.get("epochs") or 0)
     full = recipe_epochs(run.model)
@@ -89,7 +89,7 @@ def classify(run: Run, results: Path) -> Budget:
     return Budget(SMOKE, epochs, full, (f"{epochs} of {full} epochs",))
 
 
-def on_cpu(runs: list[Run]) -> bool:
+def on_cpu(runs: list[FinishedRun]) -> bool:
     return all(str(r.record.get("device", "")).startswith("cpu") for r in runs)
 
 
@@ -101,7 +101,7 @@ def device_short(device: str) -> str:
     return "CPU" if device.startswith("cpu") else device
 
 
-def kind_title(kind: str, runs: list[Run]) -> str:
+def kind_title(kind: str, runs: list[FinishedRun]) -> str:
     """The heading of a class of runs: 'Reference results', 'CPU reference (reduced budget)', 'Smoke runs'."""
     if kind == REFERENCE:
         return "Reference results (full budget)"

@@ -17,11 +17,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import CifarlabError
-from ..io import atomic_open, read_json
+from ..io import atomic_open
+from ..run import FinishedRun, RunFolder, finished_runs, load_finished, read_result, run_status
+from ..run.folder import METRICS, RESULT
 from . import budget, figures as fg
 from .calibration import reliability_diagram
-from .gradcam import gradcam_figure
-from .records import Run, by_dataset, load_run, load_runs
+from .records import by_dataset
 from .summary import Row, Table, build_tables
 from .tables import csv_text, latex, markdown
 from .writeup import FigureSet, Section, Writer, headline_block, report_markdown, results_page, results_page_empty
@@ -77,7 +78,7 @@ def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
     add("accuracy_vs_params", fg.accuracy_vs_params(table, folder / "accuracy_vs_params"), "")
     add("accuracy_vs_macs", fg.accuracy_vs_macs(table, folder / "accuracy_vs_macs"), "")
     add("accuracy_vs_time", fg.accuracy_vs_time(table, folder / "accuracy_vs_time"), "no run recorded its time")
-    add("training_curves", fg.training_curves(table, folder / "training_curves"), "no run folder has metrics.jsonl")
+    add("training_curves", fg.training_curves(table, folder / "training_curves"), f"no run folder has {METRICS}")
     add("confusion", fg.confusion_matrix(focus, folder / "confusion"), no_preds)
     if table.dataset == "cifar100":
         add("superclass_confusion", fg.superclass_confusion(focus, folder / "superclass_confusion"),
@@ -91,8 +92,10 @@ def _draw(table: Table, focus: Row, folder: Path) -> FigureSet:
     return figs
 
 
-def _gradcam(run_dir: Path, folder: Path, n: int, runs: list[Run]) -> tuple[Run | None, Path, dict]:
-    record = load_run(run_dir / "result.json")
+def _gradcam(run_dir: Path, folder: Path, n: int, runs: list[FinishedRun]) -> tuple[FinishedRun | None, Path, dict]:
+    from .gradcam import gradcam_figure  # builds the model: the only part of a report that imports torch
+
+    record = load_finished(run_dir)
     png = gradcam_figure(run_dir, folder / f"gradcam-{_slug(run_dir.parent.name + '-' + run_dir.name)}", n)[0]
     known = next((r for r in runs if r.root.resolve() == run_dir.resolve()), None)
     return known, png, record.record
@@ -100,16 +103,16 @@ def _gradcam(run_dir: Path, folder: Path, n: int, runs: list[Run]) -> tuple[Run 
 
 def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
     """Write the report folder; returns the path of report.md and the sections it holds."""
-    runs = load_runs(opts.paths)
+    runs = finished_runs(opts.paths)
     if not runs:
-        raise CifarlabError(f"no result.json under {', '.join(map(str, opts.paths))}")
+        raise CifarlabError(f"no {RESULT} under {', '.join(map(str, opts.paths))}")
     groups = by_dataset(runs, opts.split_by_dataset)
     out = opts.out
     gradcam_keys = {}
     for g in opts.gradcam:
-        if not (g / "result.json").is_file():
-            raise CifarlabError(f"--gradcam {g}: not a finished run folder (no result.json)")
-        rec = read_json(g / "result.json")
+        if run_status(RunFolder(g)).state != "done":
+            raise CifarlabError(f"--gradcam {g}: not a finished run folder")
+        rec = read_result(RunFolder(g))
         key = (rec.get("dataset"), rec.get("dataset_fingerprint"))
         if key not in groups:
             raise CifarlabError(f"--gradcam {g}: its data ({key[0]}, {key[1]}) is not among the reported runs")
@@ -161,7 +164,7 @@ def write_results_page(results: Path, report_out: Path, page: Path,
     reduced-budget references and smoke runs, each with its tables and a full report under ``report_out/<class>``;
     with no records, a page that says so. ``readme``: also rewrite the headline between its results markers.
     Returns the page and the reports by budget class."""
-    runs = load_runs([results]) if results.is_dir() else []
+    runs = finished_runs([results]) if results.is_dir() else []
     budgets = {r.root: budget.classify(r, results) for r in runs}
     groups: dict[str, list[Section]] = {}
     reports: dict[str, Path] = {}

@@ -15,9 +15,10 @@ from pathlib import Path
 import matplotlib as mpl
 import numpy as np
 
-from ..io import read_json
+from ..run import FinishedRun, read_eval
+from ..run.folder import EVALS
 from .figures import STYLE, _figure, save
-from .records import Run, run_ids
+from .records import run_ids
 from .summary import Row
 
 
@@ -25,7 +26,7 @@ from .summary import Row
 class Evaluation:
     """One scoring of one run on one test set: its own (``result.json``) or another (``evals/*.json``)."""
 
-    run: Run
+    run: FinishedRun
     record: dict
     path: Path
     own: bool
@@ -45,17 +46,15 @@ class Evaluation:
         return self.record.get("nll", self.record.get("test_loss") if self.own else None)
 
 
-def run_evaluations(run: Run) -> list[Evaluation]:
-    """The run's own test figures, then its readable ``evals/*.json`` (of the test split) by source."""
+def run_evaluations(run: FinishedRun) -> list[Evaluation]:
+    """The run's own test figures, then its ``evals/*.json`` of the test split, by source."""
     out = [Evaluation(run, run.record, run.result_path, own=True)]
     others = []
-    for path in sorted((run.root / "evals").glob("*.json")):
-        try:
-            rec = read_json(path)
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and rec.get("split") == "test" and "top1" in rec:
-            others.append(Evaluation(run, rec, path, own=False))
+    for name in run.folder.listdir(EVALS):
+        if name.endswith(".json") and not name.startswith("."):
+            rec = read_eval(run.folder, name)
+            if rec["split"] == "test":
+                others.append(Evaluation(run, rec, run.folder.path(EVALS, name), own=False))
     return out + sorted(others, key=lambda e: e.source)
 
 

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from .. import CifarlabError
 from ..config import format_validation_error
+from ..run.folder import RESULT, STUDY
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -40,13 +41,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     r = sub.add_parser("report", help="tables, figures and a written report from run records")
     r.add_argument("paths", nargs="+", metavar="PATH", help="run folders, study folders or results/ "
-                                                            "(searched for result.json)")
+                                                            f"(searched for {RESULT})")
     r.add_argument("--out", required=True, help="folder for report.md, tables/ and figures/")
     r.add_argument("--split-by-dataset", action="store_true",
                    help="one section per dataset (and fingerprint) instead of refusing mixed data")
     r.add_argument("--baseline", action="append", metavar="NAME",
                    help="variant or model to compare against (repeat for one per tier); default: the baselines "
-                        "in the study's study.json, else a variant named 'baseline', else the plain ResNets "
+                        f"in the study's {STUDY}, else a variant named 'baseline', else the plain ResNets "
                         "(eca_resnet56 -> resnet56)")
     r.add_argument("--focus", metavar="NAME", help="variant for the confusion and per-class figures "
                                                    "(default: the most accurate)")

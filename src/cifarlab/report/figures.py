@@ -31,8 +31,11 @@ SPLIT_STYLES = {"train": "--", "val": ":", "test": "-"}
 SPLIT_LABELS = {"train": "train (running, augmented)", "val": "validation", "test": "test"}
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75}
 MAX_CURVE_VARIANTS = 10
+# Names and labels come from records (variant folders, model names) and are drawn as plain text: matplotlib would
+# otherwise parse $...$ in them as mathematics, which a crafted name can make fail or run for minutes.
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
-         "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "cifarlab", "svg.fonttype": "none"}
+         "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "cifarlab", "svg.fonttype": "none",
+         "text.parse_math": False, "text.usetex": False}
 
 
 def _tier_color(tier: str) -> str:

@@ -27,7 +27,7 @@ from matplotlib.colors import Normalize
 
 from .. import CifarlabError
 from ..data import load_data
-from ..io import read_json
+from ..run import RunFolder, read_result, run_status
 from ..train.evaluate import load_run_model
 from .figures import STYLE, _figure, save
 
@@ -119,11 +119,11 @@ def pick_images(record: dict, n: int, seed: int = 0) -> np.ndarray:
 
 def gradcam_figure(run_dir: Path, stem: Path, n_images: int = 8) -> list[Path]:
     """Grad-CAM overlays of ``n_images`` test images for the run in ``run_dir`` (PNG and SVG)."""
-    record_path = run_dir / "result.json"
-    if not record_path.is_file():
-        raise CifarlabError(f"--gradcam {run_dir}: not a finished run (no result.json)")
-    record = read_json(record_path)
-    cfg, model, epoch = load_run_model(run_dir)
+    folder = RunFolder(run_dir)
+    if run_status(folder).state != "done":
+        raise CifarlabError(f"--gradcam {run_dir}: not a finished run")
+    record = read_result(folder)
+    cfg, model, epoch, _ = load_run_model(run_dir)
     data = load_data(cfg.dataset, cfg.data)
     if data.fingerprint != record["dataset_fingerprint"]:
         raise CifarlabError(f"--gradcam {run_dir}: its data ({cfg.data}) now has fingerprint {data.fingerprint}, "
@@ -152,6 +152,6 @@ def gradcam_figure(run_dir: Path, stem: Path, n_images: int = 8) -> list[Path]:
         axes[1, 0].set_ylabel("Grad-CAM of the\npredicted class", fontsize=8)
         fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=axes.ravel().tolist(), shrink=0.8, pad=0.01,
                      label="Grad-CAM relevance (scaled to 0..1 per image)")
-        fig.suptitle(f"Grad-CAM — {record['model']} ({run_dir.parent.name}/{run_dir.name}, checkpoint of epoch {epoch}, "
-                     f"test top-1 {100 * record['top1']:.2f} %)")
+        fig.suptitle(f"Grad-CAM — {record['model']} ({run_dir.parent.name}/{run_dir.name}, checkpoint of epoch "
+                     f"{epoch}, test top-1 {100 * record['top1']:.2f} %)")
         return save(fig, stem)

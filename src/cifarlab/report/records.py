@@ -1,4 +1,4 @@
-"""Find run records (``result.json``) under paths and group them into variants.
+"""Group finished runs into variants.
 
 A run inside a study folder (``<study>/<variant>/seed<k>/result.json``) belongs to the
 variant named by the folder above ``seed<k>``. Any other run is grouped with the runs
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,71 +20,13 @@ from typing import Any
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..io import read_json, read_json_object
-from ..models import get_entry
+from ..model_catalog import model_info
+from ..run import FinishedRun
 
-REQUIRED_KEYS = ("model", "dataset", "dataset_fingerprint", "top1", "top5", "params", "macs", "seed")
-SEED_FOLDER = re.compile(r"^seed(\d+)$")
-MAX_METRIC = 1e12  # larger numbers in metrics.jsonl are damage (and break the figures' axes)
 # Config fields that change how a run executes, not what it measures: runs differing only here are seeds of one variant.
 # `data` says where the images were read from; which images they are is the fingerprint (runs are grouped by it first).
 EXECUTION_FIELDS = frozenset({"seed", "eval_batch_size", "eval_every", "keep_checkpoints", "nan_check_every",
                               "compile", "channels_last", "deterministic", "report_to", "data"})
-
-
-@dataclass
-class Run:
-    """One finished run: its folder, its record and where it sits in a study (if it does)."""
-
-    root: Path
-    record: dict[str, Any]
-    study: str | None = None
-    variant: str | None = None
-
-    @property
-    def result_path(self) -> Path:
-        return self.root / "result.json"
-
-    @property
-    def model(self) -> str:
-        return self.record["model"]
-
-    @property
-    def seed(self) -> int:
-        return int(self.record["seed"])
-
-    @property
-    def dataset_key(self) -> tuple[str, str]:
-        return self.record["dataset"], self.record["dataset_fingerprint"]
-
-    @cached_property
-    def config(self) -> dict[str, Any]:
-        if isinstance(self.record.get("config"), dict):
-            return self.record["config"]
-        path = self.root / "config.json"
-        return read_json(path) if path.is_file() else {"model": self.model}
-
-    @cached_property
-    def metrics(self) -> list[dict[str, Any]]:
-        """The rows of ``metrics.jsonl`` (empty when the folder has none); a torn last line (a killed run) is
-        ignored, any other line that is not an epoch's JSON object of finite numbers is refused."""
-        path = self.root / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        lines = path.read_text(errors="replace").splitlines()
-        rows = []
-        for i, line in enumerate(lines, 1):
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError):
-                if i == len(lines):
-                    break
-                raise CifarlabError(f"{path}: line {i} is not JSON") from None
-            if not _epoch_row(row):
-                raise CifarlabError(f"{path}: line {i} is not an epoch's metrics (a JSON object with an integer "
-                                    f"epoch and numbers within ±{MAX_METRIC:g})")
-            rows.append(row)
-        return rows
 
 
 @dataclass
@@ -94,7 +35,7 @@ class Variant:
 
     name: str
     study: str | None
-    runs: list[Run] = field(default_factory=list)
+    runs: list[FinishedRun] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -110,11 +51,11 @@ class Variant:
 
     @cached_property
     def tier(self) -> str:
-        return _registry_field(self.model, "tier")
+        return _catalog_field(self.model, "tier")
 
     @cached_property
     def family(self) -> str:
-        return _registry_field(self.model, "family")
+        return _catalog_field(self.model, "family")
 
     def values(self, key: str) -> list[float]:
         """``key`` from each run's record (runs that lack it are left out)."""
@@ -126,68 +67,16 @@ class Variant:
         return out
 
 
-def _registry_field(model: str, name: str) -> str:
+def _catalog_field(model: str, name: str) -> str:
     try:
-        return getattr(get_entry(model), name)
+        return getattr(model_info(model), name)
     except CifarlabError:
         return "unregistered"
 
 
-def discover(paths: list[str | Path]) -> list[Path]:
-    """Every ``result.json`` under ``paths`` (a path may also be a result.json or a run folder), sorted, unique."""
-    found: set[Path] = set()
-    for p in map(Path, paths):
-        if not p.exists():
-            raise CifarlabError(f"{p} does not exist")
-        if p.is_file():
-            if p.name != "result.json":
-                raise CifarlabError(f"{p} is not a result.json or a folder of runs")
-            found.add(p.resolve())
-        else:
-            found.update(f.resolve() for f in p.rglob("result.json") if "checkpoints" not in f.parts)
-    return sorted(found)
-
-
-def _epoch_row(row: Any) -> bool:
-    if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or isinstance(row["epoch"], bool):
-        return False
-    numbers = [v for v in row.values() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return all(abs(v) <= MAX_METRIC for v in numbers)  # NaN fails this too
-
-
-def _valid(key: str, value: Any) -> bool:
-    """Whether a required record field has its type: names are strings, accuracies fractions, counts finite."""
-    if key in ("model", "dataset", "dataset_fingerprint"):
-        return isinstance(value, str)
-    if key == "seed":
-        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
-    number = (isinstance(value, float) and math.isfinite(value)
-              or isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63)
-    return number and (0 <= value <= 1 if key in ("top1", "top5") else value >= 0)
-
-
-def load_run(result_path: Path) -> Run:
-    record = read_json_object(result_path, "run record")
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
-        raise CifarlabError(f"{result_path}: the record lacks {', '.join(missing)}")
-    bad = [k for k in REQUIRED_KEYS if not _valid(k, record[k])]
-    if bad:
-        raise CifarlabError(f"{result_path}: not a valid run record ({', '.join(f'{k}={record[k]!r:.40}' for k in bad)})")
-    root = result_path.parent
-    m = SEED_FOLDER.match(root.name)
-    if m:
-        return Run(root, record, study=root.parent.parent.name, variant=root.parent.name)
-    return Run(root, record)
-
-
-def load_runs(paths: list[str | Path]) -> list[Run]:
-    return [load_run(p) for p in discover(paths)]
-
-
-def by_dataset(runs: list[Run], split: bool) -> dict[tuple[str, str], list[Run]]:
+def by_dataset(runs: list[FinishedRun], split: bool) -> dict[tuple[str, str], list[FinishedRun]]:
     """Runs per (dataset, fingerprint). Mixed datasets are refused unless ``split``."""
-    groups: dict[tuple[str, str], list[Run]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[FinishedRun]] = defaultdict(list)
     for r in runs:
         groups[r.dataset_key].append(r)
     if len(groups) > 1 and not split:
@@ -207,7 +96,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def experiment_config(run: Run) -> dict[str, Any]:
+def experiment_config(run: FinishedRun) -> dict[str, Any]:
     """The run's flattened config without execution-only fields; a field the run predates counts at its default."""
     merged = {**_flatten(TrainConfig().model_dump(mode="json")), **_flatten(run.config)}
     return {k: v for k, v in merged.items() if k not in EXECUTION_FIELDS}
@@ -219,7 +108,7 @@ def _fmt_setting(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
-def group_variants(runs: list[Run]) -> list[Variant]:
+def group_variants(runs: list[FinishedRun]) -> list[Variant]:
     """Variants in a stable order: study runs by (study, folder name), loose runs by model and settings."""
     variants: dict[tuple, Variant] = {}
     loose: dict[str, tuple[dict[str, Any], Variant]] = {}
@@ -259,7 +148,7 @@ def source_text(record: dict[str, Any]) -> str:
     return f"a local {kind} copy named `{Path(source).name or source}`"
 
 
-def run_ids(runs: list[Run]) -> dict[Path, str]:
+def run_ids(runs: list[FinishedRun]) -> dict[Path, str]:
     """A short, unique id per run: its folder relative to the folder that holds all of them."""
     if not runs:
         return {}

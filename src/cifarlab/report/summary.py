@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from statistics import mean, stdev
 
-from ..io import read_json
+from ..run import FinishedRun, RunFolder, read_study
+from ..run.folder import STUDY
 from ..studies import stats
-from ..studies.runner import RunRecord
 from ..studies.table import summary_table
-from .records import Run, Variant, group_variants
+from .records import Variant, group_variants
 
 TIER_ORDER = {"small": 0, "standard": 1}
 
@@ -97,7 +97,7 @@ class Table:
         return sorted({r.variant.tier for r in self.rows}, key=lambda t: (TIER_ORDER.get(t, 9), t))
 
     @property
-    def runs(self) -> list[Run]:
+    def runs(self) -> list[FinishedRun]:
         return [run for r in self.rows for run in r.variant.runs]
 
 
@@ -139,9 +139,10 @@ def _baseline_for(v: Variant, candidates: list[Variant]) -> Variant | None:
 def _declared_baselines(variants: list[Variant]) -> dict[str, str | None] | None:
     """Each variant's baseline as the study declared it in ``study.json``; None when there is no such file."""
     study_dirs = {r.root.parent.parent for v in variants for r in v.runs}
-    if len(study_dirs) != 1 or not (next(iter(study_dirs)) / "study.json").is_file():
+    study = RunFolder(next(iter(study_dirs)))
+    if len(study_dirs) != 1 or not study.is_file(STUDY):
         return None
-    declared = {d["name"]: d.get("baseline") for d in read_json(next(iter(study_dirs)) / "study.json")["variants"]}
+    declared = {d.name: d.baseline for d in read_study(study).variants}
     names = {v.name for v in variants}
     return {v.name: declared.get(v.name) if declared.get(v.name) in names else None for v in variants}
 
@@ -165,7 +166,7 @@ def _comparison(row: dict, n_baseline: int) -> Comparison | None:
                       row["n_seeds"], row["detectable"])
 
 
-def build_tables(runs: list[Run], requested_baselines: list[str] | None = None) -> list[Table]:
+def build_tables(runs: list[FinishedRun], requested_baselines: list[str] | None = None) -> list[Table]:
     """One table per study (loose runs together) for runs on a single dataset; the statistics of each table
     (mean ± std, Δ with its CI and the verdict) come from :func:`cifarlab.studies.table.summary_table`."""
     variants = group_variants(runs)
@@ -173,7 +174,7 @@ def build_tables(runs: list[Run], requested_baselines: list[str] | None = None) 
     for study in sorted({v.study for v in variants}, key=lambda s: (s is None, s or "")):
         members = [v for v in variants if v.study == study]
         baselines = assign_baselines(members, requested_baselines or [])
-        records = {v.name: [RunRecord(v.name, r.seed, r.root, r.record) for r in v.runs] for v in members}
+        records = {v.name: v.runs for v in members}
         stat_rows = summary_table([{"name": v.name, "model": v.model, "baseline": baselines[v.name]}
                                          for v in members], records)
         by_name = {v.name: v for v in members}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import CifarlabError
-from ..io import load_yaml
+from ..config import set_overrides
 from . import stats
 from .ray_executor import DEFAULT_MAX_RETRIES
 from .runner import plan_lines, records_in, run_study, study_records
@@ -16,26 +16,9 @@ from .spec import Study, load_study, parse_shard
 from .table import format_table, summary_table
 
 
-def _set_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``--set key.sub=value`` items (YAML values) as a nested overrides mapping."""
-    over: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise CifarlabError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        d = over
-        *parents, last = key.strip().split(".")
-        for p in parents:
-            d = d.setdefault(p, {})
-            if not isinstance(d, dict):
-                raise CifarlabError(f"--set {key}: {p} is a value, not a group of fields")
-        d[last] = load_yaml(value, f"--set {key}: cannot read {value[:60]!r} as a YAML value")
-    return over
-
-
 def _study(args: argparse.Namespace) -> Study:
     patterns = [p.strip() for p in args.variants.split(",") if p.strip()] if args.variants else None
-    return load_study(args.file, _set_overrides(args.set)).select(patterns)
+    return load_study(args.file, set_overrides(args.set)).select(patterns)
 
 
 def _target(args: argparse.Namespace) -> float:
@@ -48,7 +31,7 @@ def _target(args: argparse.Namespace) -> float:
 def cmd_plan(args: argparse.Namespace) -> int:
     study = _study(args)
     lines, ok = plan_lines(study, args.out, parse_shard(args.shard))
-    spread = stats.seed_spread([r.result["top1"] for r in recs] for recs in study_records(study, args.out).values())
+    spread = stats.seed_spread([r.record["top1"] for r in recs] for recs in study_records(study, args.out).values())
     lines += ["", *stats.design_lines(len(study.seeds), spread.sd, spread.source, _target(args))]
     print("\n".join(lines))
     return 0 if ok else 1

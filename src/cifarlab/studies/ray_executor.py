@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import CifarlabError
-from ..io import read_json, write_json
-from ..train import RunFiles
+from ..run import RunFolder, read_attempts, read_error
+from ..run.folder import ATTEMPTS, ERROR, STUDY
 from .runner import (
     DataCache,
     Outcome,
@@ -51,7 +51,6 @@ from .spec import Study, StudyRun
 DEFAULT_MAX_RETRIES = 2
 POLL_SECONDS = 1.0  # the longest the driver waits for a task to end before it updates its progress line
 CANCEL_WAIT_SECONDS = 30.0  # after Ctrl-C, how long the driver waits for cancelled tasks to stop
-ATTEMPTS_FILE = "attempts.json"
 INSTALL_HINT = "--executor ray needs Ray: pip install 'cifarlab[ray]'"
 
 
@@ -160,20 +159,13 @@ def _check_resources(ray, cpus: float, gpus: float, local: bool, log: Callable[[
 _WORKER_DATA = DataCache()  # a Ray worker process runs many tasks: consecutive runs on the same data share a copy
 
 
-def _read_attempts(run_dir: Path) -> list[dict]:
-    path = run_dir / ATTEMPTS_FILE
-    try:
-        return read_json(path) if path.is_file() else []
-    except ValueError:  # written atomically, so only a hand-edited file gets here
-        return []
-
-
 def _log_attempt(st: RunState, submission: str) -> None:
-    entries = _read_attempts(st.run_dir)
+    folder = RunFolder(st.run_dir)
+    entries = read_attempts(folder)
     entries.append({"submission": submission, "host": socket.gethostname(), "pid": os.getpid(),
                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "status_before": st.status, "after_epoch": st.last_epoch})
-    write_json(st.run_dir / ATTEMPTS_FILE, entries)
+    folder.write_json(ATTEMPTS, obj=entries)
 
 
 def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -> Outcome:
@@ -185,7 +177,7 @@ def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -
         raise CifarlabError(f"node {host} has no folder {cwd} (the driver's working directory): --out and the study's "
                             f"data paths must be on a filesystem every node mounts at the same path")
     os.chdir(cwd)  # relative --out and data paths mean what they mean on the driver
-    if not (Path(out) / run.study / "study.json").is_file():
+    if not RunFolder(Path(out) / run.study).is_file(STUDY):
         raise CifarlabError(f"--out {out} is not visible on node {host}: it must be a shared filesystem")
     torch.set_num_threads(threads)
     st = run_state(run, out)
@@ -200,19 +192,20 @@ def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -
 
 def attempts(run_dir: Path, submission: str) -> list[dict]:
     """This submission's attempts at the run (from its ``attempts.json``)."""
-    return [a for a in _read_attempts(run_dir) if a.get("submission") == submission]
+    return [a for a in read_attempts(RunFolder(run_dir)) if a["submission"] == submission]
 
 
 def _failed_outcome(ray, st: RunState, err: Exception, submission: str) -> Outcome:
     """Record a task that Ray gave up on in the run's ``error.json`` (the task's own record kept, if it wrote one)."""
-    files = RunFiles(st.run_dir)
+    folder = RunFolder(st.run_dir)
     cause = err.cause if isinstance(err, ray.exceptions.RayTaskError) else None
     tried = len(attempts(st.run_dir, submission))
-    if isinstance(cause, RunAttemptFailed) and files.error.is_file():
+    if isinstance(cause, RunAttemptFailed) and folder.is_file(ERROR):
         msg = str(cause)
     else:
-        msg = record_failure(files, st.run, cause or err)
-    write_json(files.error, {**read_json(files.error), "attempts": tried, "executor": "ray"})
+        msg = record_failure(folder, st.run, cause or err)
+    previous = read_error(folder).model_dump(mode="json", exclude_none=True)
+    folder.write_json(ERROR, obj={**previous, "attempts": tried, "executor": "ray"})
     return Outcome(st.run.run_id, "failed", msg, user_error=isinstance(cause, CifarlabError))
 
 

@@ -15,144 +15,106 @@ re-run, sharded over machines and merged by copying folders:
 
 from __future__ import annotations
 
-import re
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean, median
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..data import CifarData, load_data
-from ..data.sources import parse_synthetic
-from ..io import read_json, write_json
-from ..train import RunFiles, fit
+from ..model_catalog import model_info
+from ..run import FinishedRun, RunFolder, load_finished, read_error, read_study, run_status
+from ..run.folder import ERROR, RESULT, SEED_FOLDER, STUDY
 from .spec import Study, StudyRun, shard_runs
+
+if TYPE_CHECKING:
+    from ..data import CifarData
 
 # Only when no run of the study has finished yet: an assumed effective training rate, forward +
 # backward counted as 3x the forward MACs, for one current data-centre GPU in bf16. A rough guess;
 # small CIFAR models are overhead-bound and run slower than this. Plans say when they use it.
 NOMINAL_TRAIN_MACS_PER_SECOND = 4e12
 CIFAR_TRAIN_IMAGES = 50_000
-
-_CKPT = re.compile(r"^epoch-(\d{4,})$")
-_SEED_DIR = re.compile(r"^seed(\d+)$")
+STATE_ORDER = ("done", "running", "interrupted", "failed", "changed", "new")
 
 
 @dataclass
 class RunState:
+    """A study run and what its folder says about it (the state from :func:`cifarlab.run.run_status`)."""
+
     run: StudyRun
     run_dir: Path
-    status: str  # done | interrupted | failed | changed | todo
+    status: str  # done | running | interrupted | failed | changed | new
     detail: str = ""
-    last_epoch: int = 0  # last checkpointed epoch (interrupted / failed runs)
+    last_epoch: int = 0  # newest intact checkpoint (the epochs trained, when done)
+    record: dict[str, Any] | None = None  # result.json of a done run
 
     @property
     def remaining_epochs(self) -> int:
-        return 0 if self.status in ("done", "changed") else self.run.config.epochs - self.last_epoch
-
-
-def _last_checkpoint(ckpt_dir: Path) -> int:
-    if not ckpt_dir.is_dir():
-        return 0
-    epochs = [int(m.group(1)) for p in ckpt_dir.iterdir()
-              if (m := _CKPT.match(p.name)) and (p / "manifest.json").is_file()]
-    return max(epochs, default=0)
-
-
-def _config_diff(files: RunFiles, run: StudyRun) -> list[str]:
-    if not files.config.is_file():
-        return []
-    saved, wanted = read_json(files.config), run.config.model_dump(mode="json")
-    return sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        return 0 if self.status in ("done", "changed", "running") else self.run.config.epochs - self.last_epoch
 
 
 def run_state(run: StudyRun, out: str | Path) -> RunState:
     """What the run folder says about one run."""
-    root = run.run_dir(out)
-    files = RunFiles(root)
-    diff = _config_diff(files, run)
-    if diff:
-        return RunState(run, root, "changed", f"the folder holds a run with different {', '.join(diff)}")
-    if files.result.is_file():
-        top1 = read_json(files.result).get("top1")
-        return RunState(run, root, "done", f"top-1 {top1:.4f}" if isinstance(top1, (int, float)) else "")
-    last = _last_checkpoint(files.checkpoints)
-    if files.error.is_file():
-        try:
-            msg = str(read_json(files.error).get("error", "")).splitlines()[0]
-        except (ValueError, IndexError):
-            msg = "unreadable error.json"
-        return RunState(run, root, "failed", msg, last)
-    if last or files.config.is_file():
-        detail = f"after epoch {last}" if last else "before its first checkpoint"
-        return RunState(run, root, "interrupted", detail, last)
-    return RunState(run, root, "todo")
+    s = run_status(RunFolder(run.run_dir(out)), run.config)
+    return RunState(run, s.folder.root, s.state, s.detail, s.epoch, s.record)
 
 
-@dataclass(frozen=True)
-class RunRecord:
-    """A finished run of a study: its variant, seed, folder and ``result.json``."""
-
-    variant: str
-    seed: int
-    run_dir: Path
-    result: dict[str, Any]
-
-    @property
-    def run_id(self) -> str:
-        return f"{self.run_dir.parent.parent.name}/{self.variant}/seed{self.seed}"
-
-
-def study_records(study: Study, out: str | Path) -> dict[str, list[RunRecord]]:
+def study_records(study: Study, out: str | Path) -> dict[str, list[FinishedRun]]:
     """Finished runs of ``study`` under ``out``, by variant; folders of a different config are left out."""
-    records: dict[str, list[RunRecord]] = {}
+    records: dict[str, list[FinishedRun]] = {}
     for run in study.runs():
         st = run_state(run, out)
         if st.status == "done":
-            records.setdefault(run.variant, []).append(
-                RunRecord(run.variant, run.seed, st.run_dir, read_json(RunFiles(st.run_dir).result)))
+            records.setdefault(run.variant, []).append(load_finished(st.run_dir, st.record))
     return records
 
 
-def records_in(study_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, list[RunRecord]]]:
+def records_in(study_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, list[FinishedRun]]]:
     """Variants (from ``study.json`` when present, else the folders) and finished runs under ``<out>/<study>``."""
-    root = Path(study_dir)
-    if not root.is_dir():
-        raise CifarlabError(f"{root} is not a folder")
-    records: dict[str, list[RunRecord]] = {}
-    for res in sorted(root.glob("*/seed*/result.json")):
-        m = _SEED_DIR.match(res.parent.name)
-        if m:
-            variant = res.parent.parent.name
-            records.setdefault(variant, []).append(RunRecord(variant, int(m.group(1)), res.parent, read_json(res)))
-    meta = root / "study.json"
-    variants = [dict(v) for v in read_json(meta)["variants"]] if meta.is_file() else []
+    study = RunFolder(study_dir)
+    if not study.root.is_dir():
+        raise CifarlabError(f"{study.root} is not a folder")
+    records: dict[str, list[FinishedRun]] = {}
+    for variant in study.listdir():
+        for seed in RunFolder(study.path(variant)).listdir() if study.is_dir(variant) else []:
+            run = RunFolder(study.path(variant, seed))
+            if SEED_FOLDER.match(seed) and run.is_file(RESULT):
+                records.setdefault(variant, []).append(load_finished(run.root))
+    variants = [v.model_dump(mode="json") for v in read_study(study).variants] if study.exists(STUDY) else []
     known = {v["name"] for v in variants}
     for name, recs in records.items():
         if name not in known:
-            variants.append({"name": name, "model": recs[0].result["model"], "baseline": None})
+            variants.append({"name": name, "model": recs[0].model, "baseline": None})
     if not variants:
-        raise CifarlabError(f"{root} holds no study (no study.json and no <variant>/seed<k>/result.json)")
+        raise CifarlabError(f"{study.root} holds no study (no {STUDY} and no <variant>/seed<k>/{RESULT})")
     return variants, records
 
 
 # ---- device-time estimate ----
 
 def train_images(run: StudyRun) -> int:
+    from ..data.sources import parse_synthetic  # the data sources import `datasets`: only when a plan needs them
+
     cfg = run.config
     n = parse_synthetic(cfg.data)[0] if cfg.data and cfg.data.startswith("synthetic") else CIFAR_TRAIN_IMAGES
     return max(n - cfg.val_split, 0) // cfg.batch_size * cfg.batch_size
 
 
 def _macs(run: StudyRun, cache: dict[str, int | str]) -> int | str:
-    """Forward MACs of the run's model, or the error building it raised (cached per model + kwargs)."""
+    """Forward MACs of the run's model (100 classes), or the error building it raised (cached per model + kwargs).
+    A model at its registry options needs no build: the catalogue has its MACs."""
     from ..models import count_macs, create
 
     key = f"{run.config.model}:{sorted(run.config.model_kwargs.items())!r}"
-    if key not in cache:
+    if key not in cache and not run.config.model_kwargs:
+        try:
+            cache[key] = model_info(run.config.model).macs
+        except CifarlabError as e:
+            cache[key] = f"{type(e).__name__}: {e}"
+    if cache.get(key) is None:
         try:
             cache[key] = count_macs(create(run.config.model, num_classes=100, **run.config.model_kwargs))
         except Exception as e:  # a bad model kwarg: the plan reports it before any device time is spent
@@ -180,9 +142,9 @@ def estimate(states: list[RunState], out: str | Path) -> dict[str, Estimate]:
     rates: list[float] = []
     mac_cache: dict[str, int | str] = {}
     for st in states:
-        if st.status != "done":
+        if st.status != "done" or st.record is None:
             continue
-        r = read_json(RunFiles(st.run_dir).result)
+        r = st.record
         secs = [s for s in r.get("epoch_seconds", []) if s > 0]
         if not secs:
             continue
@@ -219,7 +181,7 @@ def format_seconds(s: float) -> str:
 @dataclass
 class Outcome:
     run_id: str
-    status: str  # skipped | finished | failed | changed
+    status: str  # skipped | running | finished | failed | changed
     detail: str = ""
     user_error: bool = False  # failed with a CifarlabError: the user's to fix, running it again cannot help
 
@@ -232,33 +194,41 @@ class DataCache:
         self.data: CifarData | None = None
 
     def get(self, cfg: TrainConfig) -> CifarData:
+        from ..data import load_data
+
         key = (cfg.dataset, cfg.data, cfg.val_split)
         if key != self.key:
             self.data, self.key = load_data(cfg.dataset, cfg.data, val_split=cfg.val_split), key
         return self.data
 
 
-def record_failure(files: RunFiles, run: StudyRun, err: BaseException) -> str:
+def record_failure(folder: RunFolder, run: StudyRun, err: BaseException) -> str:
+    """Write why ``run`` failed to its ``error.json`` (keeping the fields the engine wrote there, such as the epoch
+    of a non-finite loss); returns the message."""
     msg = f"{type(err).__name__}: {err}".strip()
     previous = {}
-    if files.error.is_file():  # the engine writes its own (e.g. the epoch of a non-finite loss): keep its fields
+    if folder.exists(ERROR):
         try:
-            previous = read_json(files.error)
-        except ValueError:
+            previous = read_error(folder).model_dump(mode="json", exclude_none=True)
+        except CifarlabError:
             previous = {}
-    write_json(files.error, {**previous, "error": str(previous.get("error") or msg), "type": type(err).__name__,
-                             "run_id": run.run_id, "traceback": traceback.format_exc()[-4000:],
-                             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    folder.write_json(ERROR, obj={**previous, "error": str(previous.get("error") or msg), "type": type(err).__name__,
+                                  "run_id": run.run_id, "traceback": traceback.format_exc()[-4000:],
+                                  "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return msg
 
 
 def settled_outcome(st: RunState, retry_failed: bool, log: Callable[[str], Any] = print,
                     tag: str = "") -> Outcome | None:
-    """The outcome of a run that is not to run now (done, changed, or failed and not retried), else None."""
+    """The outcome of a run that is not to run now (done, running elsewhere, changed, or failed and not retried),
+    else None."""
     run = st.run
     if st.status == "done":
         log(f"{tag} skip    {run.run_id} (done: {st.detail})")
         return Outcome(run.run_id, "skipped", st.detail)
+    if st.status == "running":
+        log(f"{tag} running {run.run_id} (trained {st.detail}; left to it)")
+        return Outcome(run.run_id, "running", st.detail)
     if st.status == "changed":
         log(f"{tag} CHANGED {run.run_id}: {st.detail}; move {st.run_dir} away to run it again")
         return Outcome(run.run_id, "changed", st.detail)
@@ -278,7 +248,9 @@ def run_one(st: RunState, *, data: DataCache, retry_failed: bool = True, progres
     settled = settled_outcome(st, retry_failed, log, tag)
     if settled is not None:
         return settled
-    run, files = st.run, RunFiles(st.run_dir)
+    from ..train import fit
+
+    run, folder = st.run, RunFolder(st.run_dir)
     how = f"resume  {run.run_id} after epoch {st.last_epoch}" if st.last_epoch else f"start   {run.run_id}"
     if st.status == "failed":
         how += f" (failed before: {st.detail})"
@@ -287,8 +259,8 @@ def run_one(st: RunState, *, data: DataCache, retry_failed: bool = True, progres
     try:
         result = fit(run.config, st.run_dir, resume=True, progress=progress, data=data.get(run.config))
     except Exception as err:  # noqa: BLE001 - any failure is recorded and the study goes on
-        msg = record_failure(files, run, err)
-        log(f"{tag} FAILED  {run.run_id}: {msg.splitlines()[0] if msg else ''} ({files.error})")
+        msg = record_failure(folder, run, err)
+        log(f"{tag} FAILED  {run.run_id}: {msg.splitlines()[0] if msg else ''} ({folder.path(ERROR)})")
         return Outcome(run.run_id, "failed", msg, user_error=isinstance(err, CifarlabError))
     secs = time.perf_counter() - t0
     log(f"{tag} finish  {run.run_id}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
@@ -299,12 +271,12 @@ def run_one(st: RunState, *, data: DataCache, retry_failed: bool = True, progres
 def start_study(study: Study, out: Path, shard: tuple[int, int], log: Callable[[str], Any]) -> list[RunState]:
     """Write ``study.json``, read every run's state from its folder and log the counts."""
     try:
-        write_json(out / study.name / "study.json", study.describe())
+        RunFolder(out / study.name).write_json(STUDY, obj=study.describe())
     except OSError as e:
         raise CifarlabError(f"cannot write --out {out}: {e.strerror or e}") from None
     runs = shard_runs(study.runs(), *shard)
     states = [run_state(r, out) for r in runs]
-    counts = {s: sum(st.status == s for st in states) for s in ("done", "interrupted", "failed", "changed", "todo")}
+    counts = {s: sum(st.status == s for st in states) for s in STATE_ORDER}
     shard_txt = f" (shard {shard[0]}/{shard[1]} of {len(study.runs())})" if shard[1] > 1 else ""
     log(f"study {study.name}: {len(runs)} runs{shard_txt} -> {out / study.name}; "
         + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -313,8 +285,10 @@ def start_study(study: Study, out: Path, shard: tuple[int, int], log: Callable[[
 
 def log_summary(study: Study, outcomes: list[Outcome], log: Callable[[str], Any]) -> None:
     bad = [o for o in outcomes if o.status in ("failed", "changed")]
+    running = sum(o.status == "running" for o in outcomes)
     log(f"study {study.name}: {sum(o.status == 'finished' for o in outcomes)} finished, "
-        f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(bad)} failed or changed")
+        f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(bad)} failed or changed"
+        + (f", {running} being trained by another process" if running else ""))
 
 
 def run_study(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
@@ -350,10 +324,10 @@ def plan_lines(study: Study, out: str | Path, shard: tuple[int, int] = (0, 1)) -
         e = est.get(st.run.run_id)
         epochs = f"{st.remaining_epochs}/{st.run.config.epochs}" if st.remaining_epochs else "-"
         when = format_seconds(e.seconds) if e and e.seconds is not None else "-"
-        note = (e.note if e and e.note else st.detail) if st.status != "todo" or (e and e.note) else ""
+        note = (e.note if e and e.note else st.detail) if st.status != "new" or (e and e.note) else ""
         ok &= st.status != "changed" and not (e and e.seconds is None)
         lines.append(f"{st.run.run_id:<{width}}  {st.status:<11}  {epochs:>9}  {when:>9}  {note}".rstrip())
-    counts = {s: sum(st.status == s for st in states) for s in ("done", "interrupted", "failed", "changed", "todo")}
+    counts = {s: sum(st.status == s for st in states) for s in STATE_ORDER}
     lines += ["", ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     left = [e for e in est.values() if e.seconds is not None]
     if left:

@@ -155,10 +155,16 @@ class Study:
                      {k: c for k, c in self.configs.items() if k[0] in keep})
 
     def describe(self) -> dict[str, Any]:
-        """What ``study.json`` records next to the run folders (read back by ``study table DIR``)."""
+        """What ``study.json`` records next to the run folders (read back by ``study table DIR`` and
+        ``cifarlab runs``)."""
         return {"name": self.name, "description": self.description, "seeds": self.seeds, "source": self.source,
-                "variants": [{"name": v.name, "model": v.model, "baseline": v.baseline, "overrides": v.overrides}
-                             for v in self.variants]}
+                "variants": [{"name": v.name, "model": v.model, "baseline": v.baseline, "overrides": v.overrides,
+                              "config": self.variant_config(v.name)} for v in self.variants]}
+
+    def variant_config(self, name: str) -> dict[str, Any]:
+        """The resolved config of a variant's runs without their seed (what ``study.json`` records, and what
+        ``cifarlab runs`` compares a run folder with)."""
+        return {k: v for k, v in self.configs[name, self.seeds[0]].model_dump(mode="json").items() if k != "seed"}
 
 
 def _did_you_mean(name: str, choices: list[str]) -> str:

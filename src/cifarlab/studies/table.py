@@ -10,17 +10,18 @@ from typing import Any
 import numpy as np
 
 from .. import CifarlabError
+from ..run import FinishedRun
 from . import stats
-from .runner import RunRecord, records_in, study_records
+from .runner import records_in, study_records
 
 
-def correctness(records: list[RunRecord]) -> np.ndarray:
+def correctness(records: list[FinishedRun]) -> np.ndarray:
     """(seeds, test images) bool matrix from the runs' ``test_correct`` strings."""
     rows = []
     for r in records:
-        s = r.result.get("test_correct")
+        s = r.record.get("test_correct")
         if not isinstance(s, str) or not s:
-            raise CifarlabError(f"{r.run_dir}/result.json has no per-image test correctness (test_correct)")
+            raise CifarlabError(f"{r.result_path} has no per-image test correctness (test_correct)")
         rows.append(np.frombuffer(s.encode(), dtype=np.uint8) == ord("1"))
     if len({len(x) for x in rows}) > 1:
         raise CifarlabError("runs were evaluated on test sets of different sizes: "
@@ -28,12 +29,12 @@ def correctness(records: list[RunRecord]) -> np.ndarray:
     return np.stack(rows)
 
 
-def check_same_data(records: list[RunRecord]) -> dict[str, Any]:
+def check_same_data(records: list[FinishedRun]) -> dict[str, Any]:
     """The one (dataset, fingerprint, test size) every record shares; mixing them in one table is refused."""
-    groups: dict[tuple, list[RunRecord]] = {}
+    groups: dict[tuple, list[FinishedRun]] = {}
     for r in records:
-        key = (r.result.get("dataset"), r.result.get("dataset_fingerprint"),
-               (r.result.get("split_sizes") or {}).get("test"))
+        key = (r.record.get("dataset"), r.record.get("dataset_fingerprint"),
+               (r.record.get("split_sizes") or {}).get("test"))
         groups.setdefault(key, []).append(r)
     if len(groups) > 1:
         parts = [f"{k[0]} (fingerprint {str(k[1])[:12]}, test {k[2]}): {len(v)} runs, e.g. {v[0].run_id}"
@@ -47,10 +48,10 @@ def check_same_data(records: list[RunRecord]) -> dict[str, Any]:
 
 
 def _tier(model: str) -> str | None:
-    from ..models import get_entry
+    from ..model_catalog import model_info
 
     try:
-        return get_entry(model).tier
+        return model_info(model).tier
     except CifarlabError:
         return None
 
@@ -73,7 +74,7 @@ def _compare(row: dict[str, Any], base: np.ndarray, var: np.ndarray, spread: sta
     row["loss"] = row["verdict"] == "worse"
 
 
-def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRecord]]) -> list[dict[str, Any]]:
+def summary_table(variants: list[dict[str, Any]], records: dict[str, list[FinishedRun]]) -> list[dict[str, Any]]:
     """One row per variant (dicts, in study order): seeds, top-1/top-5 mean and std, params, MACs, time, and the
     difference to its baseline with its 95 % CIs (Welch t over seeds: about this test set; ``population_*``:
     about the population of images), a verdict and the minimum detectable difference. Accuracies are fractions.
@@ -83,11 +84,11 @@ def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRec
     """
     data = check_same_data([r for recs in records.values() for r in recs])
     matrices = {name: correctness(sorted(recs, key=lambda r: r.seed)) for name, recs in records.items() if recs}
-    spread = stats.seed_spread([r.result["top1"] for r in recs] for recs in records.values())
+    spread = stats.seed_spread([r.record["top1"] for r in recs] for recs in records.values())
     rows = []
     for v in variants:
         recs = sorted(records.get(v["name"], []), key=lambda r: r.seed)
-        res = [r.result for r in recs]
+        res = [r.record for r in recs]
         top1, top5 = [x["top1"] for x in res], [x["top5"] for x in res]
         row: dict[str, Any] = {
             "variant": v["name"], "model": v["model"], "tier": _tier(v["model"]), "baseline": v.get("baseline"),
@@ -104,7 +105,7 @@ def summary_table(variants: list[dict[str, Any]], records: dict[str, list[RunRec
             "delta_top1": None, "ci_low": None, "ci_high": None, "ci_level": stats.CI_LEVEL, "ci_df": None,
             "population_ci_low": None, "population_ci_high": None, "verdict": "", "gain": False,
             "mde": None, "detectable": "", "seed_sd": spread.sd, "seed_sd_source": spread.source,
-            **data, "runs": [str(r.run_dir) for r in recs],
+            **data, "runs": [str(r.root) for r in recs],
         }
         base = v.get("baseline")
         if base == v["name"]:

@@ -1,17 +1,16 @@
-"""Per-epoch checkpoints, written atomically and verified by checksum on load.
+"""Writing and loading the tensors of per-epoch checkpoints (layout, manifest and pruning: ``run/checkpoints.py``).
 
-Layout: ``checkpoints/epoch-0007/{model.safetensors, ema.safetensors, state.pt,
-manifest.json}``. A checkpoint folder is built under a temporary name, every file
-fsynced, then renamed into place; ``manifest.json`` (written last) lists each
-file's sha256. Loading walks the checkpoints newest first and takes the first
-whose files match their checksums, saying in one line which ones it skipped.
-Temporary folders left by a write that was killed are ignored, and removed by
-the next save.
+A checkpoint folder is built under a temporary name, every file fsynced, ``manifest.json`` (each file's sha256)
+written last, then renamed into place; loading takes the newest intact one. Weights are checked against the model
+(names, shapes and dtypes from the safetensors header) before any tensor is read, and the training state is read
+with torch's weights-only unpickler from a file no larger than the model's tensors allow, so a checkpoint from
+elsewhere can neither run code nor make cifarlab allocate more than its own model and optimiser would.
 """
 
 from __future__ import annotations
 
-import re
+import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,80 +22,44 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from .. import CifarlabError
-from ..io import atomic_open, fsync_dir, fsync_file, read_json, sha256_file, write_json
+from ..io import atomic_open, fsync_dir, fsync_file, sha256_file
+from ..run import Checkpoint, RunFolder, prune
+from ..run.checkpoints import EMA_WEIGHTS, MANIFEST, STATE, WEIGHTS, folder_name
+from ..run.folder import CHECKPOINTS
 
-_NAME = re.compile(r"^epoch-(\d{4,})$")
-_REQUIRED = ("model.safetensors", "state.pt")
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
+STATE_SLACK_BYTES = 64 << 20  # besides optimiser moments: RNG states, history, the reported epoch's predictions
 
 
-def _epoch_dirs(ckpt_dir: Path) -> list[tuple[int, Path]]:
-    if not ckpt_dir.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
-    return sorted(found, reverse=True)
-
-
-def save_checkpoint(ckpt_dir: Path, epoch: int, model: nn.Module, state: dict[str, Any],
+def save_checkpoint(run: RunFolder, epoch: int, model: nn.Module, state: dict[str, Any],
                     ema: nn.Module | None = None, keep: int = 2) -> Path:
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob(".epoch-*"):  # left by a write that was killed; never renamed into place
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".epoch-{epoch:04d}."))
+    """Write epoch ``epoch``'s checkpoint atomically, then prune all but the ``keep`` newest (and the temporary
+    folders of writes that were killed)."""
+    ckpt_dir = run.mkdir(CHECKPOINTS)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt_dir, prefix=f".{folder_name(epoch)}."))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / WEIGHTS))
         if ema is not None:
-            save_model(ema, str(tmp / "ema.safetensors"))
-        with atomic_open(tmp / "state.pt") as f:
+            save_model(ema, str(tmp / EMA_WEIGHTS))
+        with atomic_open(tmp / STATE) as f:
             torch.save(state, f)
         for p in tmp.iterdir():
             fsync_file(p)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-        write_json(tmp / "manifest.json", {"epoch": epoch, "files": files})
-        final = ckpt_dir / f"epoch-{epoch:04d}"
-        if final.exists():
-            shutil.rmtree(final)
+        with atomic_open(tmp / MANIFEST, "w") as f:
+            json.dump({"epoch": epoch, "files": files}, f, indent=1)
+        final = run.path(CHECKPOINTS, folder_name(epoch))
+        if os.path.lexists(final) and not run.remove_known((*files, MANIFEST), CHECKPOINTS, folder_name(epoch)):
+            raise CifarlabError(f"{final} holds files cifarlab did not write; move it away to continue the run")
         tmp.rename(final)
         fsync_dir(ckpt_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for _, old in _epoch_dirs(ckpt_dir)[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune(run, keep)
     return final
-
-
-def verify(path: Path) -> str | None:
-    """None if the checkpoint folder is complete and intact, else the reason it is not."""
-    man = path / "manifest.json"
-    if not man.is_file():
-        return "no manifest (interrupted while writing)"
-    try:
-        files = read_json(man)["files"]
-    except (ValueError, KeyError, TypeError):
-        return "unreadable manifest"
-    if not isinstance(files, dict) or not set(_REQUIRED) <= set(files):
-        return "manifest does not list the weights and the training state"
-    for name, digest in files.items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if sha256_file(f) != digest:
-            return f"{name} fails its checksum"
-    return None
-
-
-def find_latest(ckpt_dir: Path) -> tuple[int, Path, list[str]] | None:
-    """The newest intact checkpoint as (epoch, path, notes about skipped ones), or None."""
-    notes = []
-    for epoch, path in _epoch_dirs(ckpt_dir):
-        problem = verify(path)
-        if problem is None:
-            return epoch, path, notes
-        notes.append(f"checkpoint {path.name} is corrupt ({problem}); using an older one")
-    return None
 
 
 def check_weights(model: nn.Module, files: list[Path], where: str) -> None:
@@ -106,9 +69,8 @@ def check_weights(model: nn.Module, files: list[Path], where: str) -> None:
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as f:
-                found = {k: f.get_slice(k) for k in f.keys()}
-                for key, s in found.items():
-                    want = expected.get(key)
+                for key in f.keys():
+                    s, want = f.get_slice(key), expected.get(key)
                     if want is not None and (tuple(s.get_shape()) != tuple(want.shape)
                                              or _DTYPES.get(s.get_dtype()) != want.dtype):
                         raise CifarlabError(f"{where}: {path.name} holds {key} as {s.get_dtype()} "
@@ -118,9 +80,38 @@ def check_weights(model: nn.Module, files: list[Path], where: str) -> None:
                                 f"({' '.join(str(e).split())[:200]})") from None
 
 
-def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module | None = None,
+def load_weights(model: nn.Module, path: Path, where: str, device: str | torch.device = "cpu") -> None:
+    """Load one safetensors file into ``model`` after :func:`check_weights`; missing or unexpected tensors are one
+    line."""
+    check_weights(model, [path], where)
+    try:
+        load_model(model, str(path), device=str(device))
+    except (RuntimeError, SafetensorError, OSError, ValueError) as e:
+        raise CifarlabError(f"{where}: {path.name} does not fit the model: {' '.join(str(e).split())[:300]}") from None
+
+
+def _state_limit(model: nn.Module) -> int:
+    tensors = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 4 * tensors + STATE_SLACK_BYTES  # momentum / Adam moments and their copies, with room to spare
+
+
+def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, ema: nn.Module | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    load_model(model, str(path / "model.safetensors"), device=str(map_location))
-    if ema is not None and (path / "ema.safetensors").is_file():
-        load_model(ema, str(path / "ema.safetensors"), device=str(map_location))
-    return torch.load(path / "state.pt", map_location=map_location, weights_only=True)
+    """Load a checkpoint's weights (and EMA) into the models and return its training state."""
+    where = str(checkpoint.path)
+    load_weights(model, checkpoint.path / WEIGHTS, where, map_location)
+    if ema is not None and checkpoint.has_ema:
+        load_weights(ema, checkpoint.path / EMA_WEIGHTS, where, map_location)
+    state_path = checkpoint.path / STATE
+    limit = _state_limit(model)
+    if state_path.stat().st_size > limit:
+        raise CifarlabError(f"{state_path}: {state_path.stat().st_size:,} bytes, more than a training state of this "
+                            f"model holds ({limit:,})")
+    try:
+        state = torch.load(state_path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - the weights-only unpickler and the zip reader raise many types
+        raise CifarlabError(f"{state_path}: not a readable training state ({' '.join(str(e).split())[:200]})"
+                            ) from None
+    if not isinstance(state, dict):
+        raise CifarlabError(f"{state_path}: not a training state (holds a {type(state).__name__})")
+    return state

@@ -1,35 +1,29 @@
 """One training engine for every model: data on the device, accelerate, one loop.
 
-``fit(cfg, run_dir)`` trains ``cfg.model`` and writes the run folder:
+``fit(cfg, run_dir)`` trains ``cfg.model`` and writes the run folder (its layout and readers: ``cifarlab.run``):
+``config.json``, one ``metrics.jsonl`` line per epoch, a checkpoint per epoch, ``result.json`` at the end, and
+the experiment trackers' files (``tracking.py``). The run's lock is held while it trains.
 
-    config.json      the resolved TrainConfig
-    metrics.jsonl    one line per epoch (train loss/acc, val/test top-1/top-5, lr, seconds)
-    checkpoints/     safetensors weights + optimiser/scheduler/RNG state, every epoch
-    result.json      the run record (the README's keys, per-class accuracy, per-image correctness ...)
-    tensorboard/     accelerate's TensorBoard tracker (``cfg.report_to``; MLflow and W&B: ``tracking.py``)
-    trackers.json    the tracker run ids, so that ``--resume`` continues the same tracker runs
+The step is built by ``loop.make_train_step`` and every epoch runs through ``loop.train_epoch`` (the one path
+``cifarlab profile``, the benchmarks and the tests take too). On a single CUDA device the step is captured once
+as a CUDA graph and replayed (``cuda_graph``), elsewhere it runs eagerly; both run the same body. Metrics stay
+on the device; the host reads the non-finite flag every ``nan_check_every`` steps and the epoch's loss and
+accuracy after its last step.
 
-The step is built by ``loop.make_train_step`` and every epoch runs through
-``loop.train_epoch`` (the one path ``cifarlab profile``, the benchmarks and the
-tests take too). On a single CUDA device the step is captured once as a CUDA
-graph and replayed (``cuda_graph``), elsewhere it runs eagerly; both run the
-same body. Metrics stay on the device; the host reads the non-finite flag every
-``nan_check_every`` steps and the epoch's loss and accuracy after its last step.
-
-Timing: ``epoch_seconds`` and ``images_per_second`` cover the training steps only
-(device synchronised before and after the epoch's steps; augmentation, the
-steps and the LR schedule inside, no evaluation, no checkpoint, no graph
-capture); ``train_seconds`` is the whole wall time of the run: data decode,
-model build, graph capture or compilation, evaluation and checkpoints included.
+Timing: ``epoch_seconds`` and ``images_per_second`` cover the training steps only (device synchronised before
+and after the epoch's steps; augmentation, the steps and the LR schedule inside, no evaluation, no checkpoint,
+no graph capture); ``train_seconds`` is the whole wall time of the run: data decode, model build, graph capture
+or compilation, evaluation and checkpoints included.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,15 +35,17 @@ from tqdm.auto import tqdm
 from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
-from ..io import atomic_open, read_json, read_json_lines, write_json
+from ..environment import environment
 from ..models import count_macs, count_params, create
 from ..models.complexity import MAC_CONVENTION
-from .checkpoint import find_latest, save_checkpoint
+from ..run import Checkpoint, RunFolder, hold_lock, newest_intact, read_metrics, run_status
+from ..run.folder import CONFIG, ERROR, METRICS, RESULT, TENSORBOARD
+from ..run.records import metrics_line
+from .checkpoint import save_checkpoint
 from .loop import EpochStats, NonFiniteLossError, Training, make_train_step, train_epoch
 from .metrics import (
     autocast_context,
     correctness_string,
-    environment,
     evaluate,
     measure_inference,
     peak_memory_bytes,
@@ -60,64 +56,212 @@ from .tracking import finish_tracking, log_epoch, start_tracking, tracker_names
 
 
 @dataclass
-class RunFiles:
-    root: Path
+class Selected:
+    """The epoch whose test figures the run reports: the last, or the best on the validation split."""
+
+    epoch: int
+    top1: float
+    top5: float
+    loss: float
+    predictions: torch.Tensor
+    labels: torch.Tensor
+    ece: float | None = None
+    calibration: dict | None = None  # None when the epoch predates calibration records
+    val_top1: float | None = None
+    val_top5: float | None = None
+
+    @classmethod
+    def of(cls, epoch: int, evals: dict[str, dict]) -> Selected:
+        t, v = evals["test"], evals.get("val")
+        return cls(epoch, t["top1"], t["top5"], t["loss"], torch.from_numpy(t["predictions"]),
+                   torch.from_numpy(t["labels"]), t["ece"], t["calibration"],
+                   v["top1"] if v else None, v["top5"] if v else None)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "val_top1": self.val_top1, "val_top5": self.val_top5, "top1": self.top1,
+                "top5": self.top5, "loss": self.loss, "ece": self.ece, "calibration": self.calibration,
+                "predictions": self.predictions, "labels": self.labels}
+
+    @classmethod
+    def from_state(cls, s: dict[str, Any]) -> Selected:
+        return cls(int(s["epoch"]), float(s["top1"]), float(s["top5"]), float(s["loss"]), s["predictions"],
+                   s["labels"], s.get("ece"), s.get("calibration"), s.get("val_top1"), s.get("val_top5"))
+
+
+@dataclass
+class History:
+    """What a run carries from epoch to epoch, saved in each checkpoint and restored on ``--resume``."""
+
+    epoch_seconds: list[float] = field(default_factory=list)
+    wall_before: float = 0.0  # wall time of the earlier sessions of a resumed run
+    selected: Selected | None = None
+    train_step: list[str] = field(default_factory=list)  # cuda_graph or eager, per session
+
+    def to_state(self, wall_now: float) -> dict[str, Any]:
+        return {"epoch_seconds": list(self.epoch_seconds), "wall_before": self.wall_before + wall_now,
+                "selected": self.selected.to_state() if self.selected else None, "train_step": list(self.train_step)}
+
+    @classmethod
+    def from_state(cls, s: Any, where: str) -> History:
+        try:
+            sel = s["selected"]
+            return cls([float(x) for x in s["epoch_seconds"]], float(s["wall_before"]),
+                       Selected.from_state(sel) if sel is not None else None,
+                       [str(x) for x in s.get("train_step", [])])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CifarlabError(f"{where}: the training state's history is damaged") from None
+
+
+@dataclass
+class Session:
+    """One call of ``fit``: the config, the run folder, the processes and the data."""
+
+    cfg: TrainConfig
+    folder: RunFolder
+    accelerator: Accelerator
+    data: CifarData
+    wall_start: float
+    graph: bool = False  # the step runs as one CUDA graph
 
     @property
-    def config(self) -> Path:
-        return self.root / "config.json"
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
     @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+    def device(self) -> torch.device:
+        return self.accelerator.device
 
     @property
-    def result(self) -> Path:
-        return self.root / "result.json"
+    def world(self) -> int:
+        return self.accelerator.num_processes
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def error(self) -> Path:
-        return self.root / "error.json"
+    def wall(self) -> float:
+        return time.perf_counter() - self.wall_start
 
 
-def _prepare_run_dir(files: RunFiles, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
-    """Returns True when an existing run should be resumed."""
-    root = files.root
+def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True, data: CifarData | None = None,
+        on_epoch_end: Callable[[int, torch.nn.Module, DeviceLoader], None] | None = None) -> dict:
+    """Train ``cfg`` into ``run_dir`` and return the run record (also written to ``result.json``).
+
+    ``on_epoch_end(epoch, model, train_loader)`` is called on every process after each
+    epoch's checkpoint (for tests, progress reporting and fault injection).
+    """
+    wall_start = time.perf_counter()
+    folder = RunFolder(run_dir)
+    if resume and not overwrite:
+        finished = _finished_record(folder, cfg)
+        if finished is not None:
+            return finished
+    accelerator = _accelerator(cfg, folder)
+    graph = _use_cuda_graph(cfg, accelerator.device, accelerator.num_processes)
+    session = Session(cfg, folder, accelerator, _run_data(cfg, accelerator, data), wall_start, graph)
+    _set_determinism(cfg)
+    model = _create_model(cfg, session.data.num_classes)
+    if session.main:  # only now, with data and model known to be good, does the run folder appear
+        _prepare_run_dir(folder, cfg, resume, overwrite)
+    accelerator.wait_for_everyone()
+    with hold_lock(folder) if session.main else contextlib.nullcontext():
+        if session.main:
+            folder.remove(ERROR)
+        for n in session.data.notes:
+            accelerator.print(n)
+        result = _train(session, model, resume, progress, on_epoch_end)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return result
+
+
+def _train(session: Session, model: torch.nn.Module, resume: bool, progress: bool,
+           on_epoch_end: Callable | None) -> dict:
+    """Build (or restore) the step, run the remaining epochs, and write the record."""
+    cfg, folder, device = session.cfg, session.folder, session.device
+    params, macs = count_params(model), count_macs(model)
+    model = model.to(device=device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    train_loader, eval_loaders = _loaders(session)
+    checkpoint = _resume_point(session) if resume else None
+    start_epoch = checkpoint.epoch + 1 if checkpoint else 1
+    forward = session.accelerator.prepare_model(model) if session.world > 1 else model  # DDP across processes
+    if cfg.compile:
+        forward = torch.compile(forward)
+    training = make_train_step(model, cfg, device, steps_per_epoch=len(train_loader), graph=session.graph,
+                               forward=forward, sample=_first_batch(train_loader, start_epoch) if session.graph else None,
+                               checkpoint=checkpoint)
+    history = _start_history(training, session, checkpoint)
+    start_tracking(session.accelerator, cfg, folder, resumed_epoch=start_epoch - 1)
+    autocast = autocast_context(device, training.step.autocast_dtype)
+    session.accelerator.print(_header(session, params, macs, training))
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        train_loader.set_epoch(epoch)
+        stats = _train_epoch(session, training, train_loader, epoch, progress)
+        history.epoch_seconds.append(round(stats.seconds, 4))
+        row = _epoch_row(epoch, stats, training, session.world)
+        if epoch == cfg.epochs or epoch % cfg.eval_every == 0:
+            evals = {split: evaluate(training.eval_model, loader, autocast) for split, loader in eval_loaders.items()}
+            row.update(_eval_columns(evals))
+            history.selected = _select(history.selected, evals, epoch, epoch == cfg.epochs)
+        if session.main:
+            folder.append_line(METRICS, metrics_line(row))
+            _save(session, epoch, training, history)
+            log_epoch(session.accelerator, folder, row)  # after the checkpoint: a resumed run logs no epoch twice
+        session.accelerator.print(_epoch_line(row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model, train_loader)
+        session.accelerator.wait_for_everyone()
+    if not session.main:
+        return {}
+    result = _result(session, history, _measurements(session, training, params, macs))
+    folder.write_json(RESULT, obj=result)
+    finish_tracking(session.accelerator, folder, result)
+    session.accelerator.print(f"done: test top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} "
+                              f"(epoch {result['selected_epoch']}) -> {folder.path(RESULT)}")
+    return result
+
+
+def _finished_record(folder: RunFolder, cfg: TrainConfig) -> dict | None:
+    """``--resume`` of a finished run returns its record; one of another config, or a folder with a damaged file,
+    is refused."""
+    status = run_status(folder, cfg)
+    if status.damaged:
+        raise CifarlabError(status.detail)
+    if status.state == "changed":
+        raise CifarlabError(f"--resume: the config differs from the saved run in "
+                            f"{status.detail.removeprefix('the folder holds a run with different ')}; "
+                            f"use --overwrite to start again")
+    if status.state == "running":
+        raise CifarlabError(f"{folder} is being trained {status.detail}; wait for it or stop it first")
+    return status.record if status.state == "done" else None
+
+
+def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Create the run folder, replace it (``overwrite``) or keep it to resume (the same config only)."""
+    root = folder.root
     if root.exists() and any(root.iterdir()):
+        folder.check_layout()
         if overwrite:
-            shutil.rmtree(root)
+            if not folder.is_file(CONFIG):
+                raise CifarlabError(f"{root} holds files but no run; --overwrite replaces only a run folder")
+            shutil.rmtree(root)  # removes links themselves, never what they point to
         elif not resume:
             raise CifarlabError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        elif files.config.exists():
-            _check_same_config(files, cfg)
-            return True
-    root.mkdir(parents=True, exist_ok=True)
-    write_json(files.config, cfg.model_dump(mode="json"))
-    return False
+        elif folder.exists(CONFIG):
+            status = run_status(folder, cfg)
+            if status.state == "changed":
+                raise CifarlabError(f"--resume: the config differs from the saved run in "
+                                    f"{status.detail.removeprefix('the folder holds a run with different ')}; "
+                                    f"use --overwrite to start again")
+            return
+    folder.write_json(CONFIG, obj=cfg.model_dump(mode="json"))
 
 
-def _check_same_config(files: RunFiles, cfg: TrainConfig) -> None:
-    """--resume continues only the run that was started: the same resolved config."""
-    if not files.config.exists():
-        return
-    saved, now = read_json(files.config), cfg.model_dump(mode="json")
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        raise CifarlabError(f"--resume: the config differs from the saved run in {', '.join(diff)}; "
-                            f"use --overwrite to start again")
-
-
-def _accelerator(cfg: TrainConfig, root: Path) -> Accelerator:
+def _accelerator(cfg: TrainConfig, folder: RunFolder) -> Accelerator:
     """Processes, devices and trackers; mixed precision is the step's own autocast (``autocast_dtype``)."""
     cuda = torch.cuda.is_available()
     if cfg.precision == "bf16" and not cuda:
         raise CifarlabError("precision bf16 needs a GPU here; use precision auto or fp32 on the CPU")
+    root = folder.root
     return Accelerator(cpu=not cuda, log_with=tracker_names(cfg) or None,
-                       project_config=ProjectConfiguration(project_dir=str(root), logging_dir=str(root / "tensorboard")))
+                       project_config=ProjectConfiguration(project_dir=str(root), logging_dir=str(root / TENSORBOARD)))
 
 
 def _use_cuda_graph(cfg: TrainConfig, device: torch.device, world: int) -> bool:
@@ -134,8 +278,6 @@ def _set_determinism(cfg: TrainConfig) -> None:
     set_seed(cfg.seed)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     if cfg.deterministic:
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -147,102 +289,13 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _rewrite_metrics(path: Path, upto_epoch: int) -> None:
-    """Drop metric lines after the checkpoint we resume from (they will be produced again)."""
-    if not path.exists():
-        return
-    keep = []
-    for row in read_json_lines(path):
-        if not isinstance(row, dict) or "epoch" not in row:
-            break
-        if row["epoch"] <= upto_epoch:
-            keep.append(json.dumps(row))
-    with atomic_open(path, "w") as f:  # a kill while rewriting must not lose the kept lines
-        f.write("".join(k + "\n" for k in keep))
-
-
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-
-
-def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True, data: CifarData | None = None,
-        on_epoch_end: Callable[[int, torch.nn.Module, DeviceLoader], None] | None = None) -> dict:
-    """Train ``cfg`` into ``run_dir`` and return the run record (also written to ``result.json``).
-
-    ``on_epoch_end(epoch, model, train_loader)`` is called on every process after each
-    epoch's checkpoint (for tests, progress reporting and fault injection).
-    """
-    wall_start = time.perf_counter()
-    files = RunFiles(Path(run_dir))
-    if resume and files.result.exists() and not overwrite:
-        _check_same_config(files, cfg)
-        return read_json(files.result)
-    accelerator = _accelerator(cfg, files.root)
-    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
-    graph = _use_cuda_graph(cfg, device, world)
-    data = _run_data(cfg, accelerator, data)
-    _set_determinism(cfg)
-    model = _create_model(cfg, data.num_classes)
-    params, macs = count_params(model), count_macs(model)
-    resuming = False
-    if main:  # only now, with data and model known to be good, does the run folder appear
-        resuming = _prepare_run_dir(files, cfg, resume, overwrite)
-        files.error.unlink(missing_ok=True)
-    accelerator.wait_for_everyone()
-    for n in data.notes:
-        accelerator.print(n)
-
-    model = model.to(device=device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    train_loader, eval_loaders = _loaders(cfg, data, device, accelerator.process_index, world)
-    found = _resume_point(files, accelerator, resume, resuming)
-    start_epoch = found[0] + 1 if found else 1
-    forward = accelerator.prepare_model(model) if world > 1 else model  # DDP across processes
-    if cfg.compile:
-        forward = torch.compile(forward)
-    training = make_train_step(model, cfg, device, steps_per_epoch=len(train_loader), graph=graph, forward=forward,
-                               sample=_first_batch(train_loader, start_epoch) if graph else None,
-                               checkpoint=found[1] if found else None)
-    history = _start_history(training, accelerator)
-    start_tracking(accelerator, cfg, files.root, resumed_epoch=start_epoch - 1)
-    eval_model, autocast = training.eval_model, autocast_context(device, training.step.autocast_dtype)
-    accelerator.print(_header(cfg, data, params, macs, world, device, training))
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        train_loader.set_epoch(epoch)
-        stats = _train(training, train_loader, epoch, cfg, files, main, show=progress and main)
-        history["epoch_seconds"].append(round(stats.seconds, 4))
-        row = _epoch_row(epoch, stats, training, world)
-        if epoch == cfg.epochs or epoch % cfg.eval_every == 0:
-            evals = {split: evaluate(eval_model, loader, autocast) for split, loader in eval_loaders.items()}
-            row.update(_eval_columns(evals))
-            history["selected"] = _select(history["selected"], evals, epoch, cfg, epoch == cfg.epochs)
-        if main:
-            _append_metrics(files.metrics, row)
-            _save(files, epoch, training, history, wall_start, cfg.keep_checkpoints)
-            log_epoch(accelerator, files.root, row)  # after the checkpoint: a resumed run logs no epoch twice
-        accelerator.print(_epoch_line(row, cfg.epochs))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model, train_loader)
-        accelerator.wait_for_everyone()
-
-    result = None
-    if main:
-        result = _result(cfg, data, history, params, macs, eval_model, device, autocast, wall_start, world)
-        write_json(files.result, result)
-        finish_tracking(accelerator, files.root, result)
-        accelerator.print(f"done: test top-1 {result['top1']:.2%}, top-5 {result['top5']:.2%} "
-                          f"(epoch {result['selected_epoch']}) -> {files.result}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result if result is not None else {}
+def _set_rng_state(state: Any, where: str) -> None:
+    try:
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+    except (KeyError, TypeError, RuntimeError, ValueError):
+        raise CifarlabError(f"{where}: the training state's random-number state is damaged") from None
 
 
 def _run_data(cfg: TrainConfig, accelerator: Accelerator, data: CifarData | None) -> CifarData:
@@ -268,38 +321,42 @@ def _create_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
                             f"{str(e).splitlines()[0]}") from None
 
 
-def _loaders(cfg: TrainConfig, data: CifarData, device: torch.device, rank: int,
-             world: int) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
+def _loaders(session: Session) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
     """This process's slice of the training split (augmented on the device) and the evaluation splits."""
+    cfg, data, device = session.cfg, session.data, session.device
     aug = BatchAugment.from_config(cfg.augment, data.mean, data.std, device, num_classes=data.num_classes)
     train = DeviceLoader(data.train, cfg.batch_size, data.mean, data.std, device, train=True, augment=aug,
-                         seed=cfg.seed, rank=rank, world_size=world, channels_last=cfg.channels_last)
+                         seed=cfg.seed, rank=session.accelerator.process_index, world_size=session.world,
+                         channels_last=cfg.channels_last)
     evals = {s: DeviceLoader(getattr(data, s), cfg.eval_batch_size, data.mean, data.std, device,
                              channels_last=cfg.channels_last)
              for s in ("val", "test") if getattr(data, s) is not None}
     return train, evals
 
 
-def _resume_point(files: RunFiles, accelerator: Accelerator, resume: bool, resuming: bool) -> tuple[int, Path] | None:
+def _resume_point(session: Session) -> Checkpoint | None:
     """The newest intact checkpoint to continue from; metric lines after it are dropped (they are written again)."""
-    if not resume:
-        return None
-    main = accelerator.is_main_process
-    found = find_latest(files.checkpoints)
+    folder, print_ = session.folder, session.accelerator.print
+    found = newest_intact(folder)
+    if found is None and folder.listdir("checkpoints"):
+        print_(f"no intact checkpoint in {folder.path('checkpoints')}; starting again from epoch 1")
+    for note in found.notes if found else []:
+        print_(note)
+    if session.main:
+        _keep_metrics(folder, found.epoch if found else 0)
     if found:
-        epoch, path, notes = found
-        for n in notes:
-            accelerator.print(n)
-        if main:
-            _rewrite_metrics(files.metrics, epoch)
-        accelerator.print(f"resuming {files.root} after epoch {epoch}")
-        return epoch, path
-    if resuming:
-        if any(files.checkpoints.glob("epoch-*")):
-            accelerator.print(f"no intact checkpoint in {files.checkpoints}; starting again from epoch 1")
-        if main:
-            _rewrite_metrics(files.metrics, 0)
-    return None
+        print_(f"resuming {folder} after epoch {found.epoch}")
+    return found
+
+
+def _keep_metrics(folder: RunFolder, upto_epoch: int) -> None:
+    """Drop the metric lines after the checkpoint a run resumes from (they will be produced again); the file is
+    replaced atomically, so a kill while rewriting loses none of the kept lines."""
+    if not folder.exists(METRICS):
+        return
+    keep = [r for r in read_metrics(folder) if r["epoch"] <= upto_epoch]
+    with folder.open_write(METRICS) as f:
+        f.write("".join(metrics_line(r) + "\n" for r in keep))
 
 
 def _first_batch(loader: DeviceLoader, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,36 +365,39 @@ def _first_batch(loader: DeviceLoader, epoch: int) -> tuple[torch.Tensor, torch.
     return next(iter(loader))
 
 
-def _start_history(training: Training, accelerator: Accelerator) -> dict:
+def _start_history(training: Training, session: Session, checkpoint: Checkpoint | None) -> History:
     """The resumed run's history, with its RNG state put back, or a fresh one; and which step runs now."""
-    history = {"epoch_seconds": [], "wall_before": 0.0, "selected": None}
+    history = History()
     if training.resumed is not None:
-        _set_rng_state(training.resumed["rng"])
-        history = training.resumed["history"]
+        where = str(checkpoint.path if checkpoint else session.folder)
+        _set_rng_state(training.resumed.get("rng"), where)
+        history = History.from_state(training.resumed.get("history"), where)
     if training.step.capture_error:
-        accelerator.print(f"CUDA graph capture failed ({training.step.capture_error}); training eagerly")
-    history.setdefault("train_step", []).append("cuda_graph" if training.step.graphed else "eager")
+        session.accelerator.print(f"CUDA graph capture failed ({training.step.capture_error}); training eagerly")
+    history.train_step.append("cuda_graph" if training.step.graphed else "eager")
     return history
 
 
-def _header(cfg: TrainConfig, data: CifarData, params: int, macs: int, world: int, device: torch.device,
-            training: Training) -> str:
+def _header(session: Session, params: int, macs: int, training: Training) -> str:
+    cfg, data = session.cfg, session.data
     return (f"{cfg.model}: {params:,} params, {macs / 1e6:.2f} M MACs | {data.name} ({data.kind}) "
             f"{data.split_sizes()} | {cfg.epochs} epochs x {training.steps_per_epoch} steps, batch "
-            f"{cfg.batch_size}x{world} on {device}{' (CUDA graph step)' if training.step.graphed else ''}")
+            f"{cfg.batch_size}x{session.world} on {session.device}"
+            f"{' (CUDA graph step)' if training.step.graphed else ''}")
 
 
-def _train(training: Training, loader: DeviceLoader, epoch: int, cfg: TrainConfig, files: RunFiles, main: bool,
-           show: bool) -> EpochStats:
+def _train_epoch(session: Session, training: Training, loader: DeviceLoader, epoch: int,
+                 progress: bool) -> EpochStats:
     """``train_epoch`` under a progress bar; a non-finite loss is also recorded in ``error.json``."""
-    spe = training.steps_per_epoch
-    bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not show, dynamic_ncols=True)
+    cfg, spe = session.cfg, training.steps_per_epoch
+    bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not (progress and session.main),
+               dynamic_ncols=True)
     try:
         return train_epoch(training, loader, first_step=(epoch - 1) * spe, nan_check_every=cfg.nan_check_every,
                            progress=bar)
     except NonFiniteLossError as e:
-        if main:
-            write_json(files.error, {"error": str(e), "epoch": e.epoch, "step": e.step})
+        if session.main:
+            session.folder.write_json(ERROR, obj={"error": str(e), "epoch": e.epoch, "step": e.step})
         raise
     finally:
         bar.close()
@@ -358,31 +418,22 @@ def _eval_columns(evals: dict[str, dict]) -> dict:
     return cols
 
 
-def _save(files: RunFiles, epoch: int, training: Training, history: dict, wall_start: float, keep: int) -> None:
+def _save(session: Session, epoch: int, training: Training, history: History) -> None:
     """This epoch's checkpoint: weights, EMA, optimizer, scheduler, RNG and the history so far."""
-    elapsed = history["wall_before"] + time.perf_counter() - wall_start
     state = {"epoch": epoch, "optimizer": training.optimizer.state_dict(),
              "scheduler": training.scheduler.state_dict(), "rng": _rng_state(),
-             "history": {**history, "wall_before": elapsed}}
-    save_checkpoint(files.checkpoints, epoch, training.step.model, state,
-                    training.ema.module if training.ema else None, keep)
+             "history": history.to_state(session.wall())}
+    save_checkpoint(session.folder, epoch, training.step.model, state,
+                    training.ema.module if training.ema else None, session.cfg.keep_checkpoints)
 
 
-def _select(selected: dict | None, evals: dict, epoch: int, cfg: TrainConfig, last: bool) -> dict | None:
+def _select(selected: Selected | None, evals: dict, epoch: int, last: bool) -> Selected | None:
     """Which epoch's test numbers the run reports: the last, or the best on the validation split."""
     if "test" not in evals:
         return selected
-    by_val = "val" in evals
-    if by_val and selected is not None and evals["val"]["top1"] <= selected["val_top1"]:
-        return selected
-    if not by_val and not last:
-        return selected
-    t = evals["test"]
-    return {"epoch": epoch, "val_top1": evals["val"]["top1"] if by_val else None,
-            "val_top5": evals["val"]["top5"] if by_val else None,
-            "top1": t["top1"], "top5": t["top5"], "loss": t["loss"],
-            "ece": t["ece"], "calibration": t["calibration"],
-            "predictions": torch.from_numpy(t["predictions"]), "labels": torch.from_numpy(t["labels"])}
+    if "val" in evals:
+        return Selected.of(epoch, evals) if selected is None or evals["val"]["top1"] > selected.val_top1 else selected
+    return Selected.of(epoch, evals) if last else selected
 
 
 def _epoch_line(row: dict, epochs: int) -> str:
@@ -395,39 +446,56 @@ def _epoch_line(row: dict, epochs: int) -> str:
     return "  ".join(parts)
 
 
-def _result(cfg: TrainConfig, data: CifarData, history: dict, params: int, macs: int, eval_model, device,
-            autocast, wall_start: float, world: int) -> dict:
-    sel = history["selected"]
-    preds, labels = sel["predictions"].numpy(), sel["labels"].numpy()
-    infer = measure_inference(eval_model, device, cfg.eval_batch_size, autocast, channels_last=cfg.channels_last)
-    epoch_seconds = history["epoch_seconds"]
+@dataclass
+class Measurements:
+    """What the record says about the model and the machine, measured once training is over."""
+
+    params: int
+    macs: int
+    inference: dict
+    peak_memory_bytes: int | None
+    environment: dict
+
+
+def _measurements(session: Session, training: Training, params: int, macs: int) -> Measurements:
+    cfg, device = session.cfg, session.device
+    autocast = autocast_context(device, training.step.autocast_dtype)
+    infer = measure_inference(training.eval_model, device, cfg.eval_batch_size, autocast,
+                              channels_last=cfg.channels_last)
+    return Measurements(params, macs, infer, peak_memory_bytes(device), environment(device))
+
+
+def _result(session: Session, history: History, m: Measurements) -> dict:
+    cfg, data, world, sel = session.cfg, session.data, session.world, history.selected
+    preds, labels = sel.predictions.numpy(), sel.labels.numpy()
+    epoch_seconds = history.epoch_seconds
     n_train = len(data.train) // world // cfg.batch_size * cfg.batch_size * world
-    env = environment(device)
     result = {
         "model": cfg.model, "dataset": data.name, **describe(data),
-        "top1": round(sel["top1"], 6), "top5": round(sel["top5"], 6), "test_loss": round(sel["loss"], 6),
-        "nll": round(sel["loss"], 6), "ece": round(sel["ece"], 6) if "ece" in sel else None,
-        "calibration": sel.get("calibration"),  # None when the selected epoch predates calibration records
-        "selected_epoch": sel["epoch"], "selection": "best validation top-1" if sel["val_top1"] is not None else "final epoch",
-        "params": params, "macs": macs, "mac_convention": MAC_CONVENTION,
+        "top1": round(sel.top1, 6), "top5": round(sel.top5, 6), "test_loss": round(sel.loss, 6),
+        "nll": round(sel.loss, 6), "ece": round(sel.ece, 6) if sel.ece is not None else None,
+        "calibration": sel.calibration,
+        "selected_epoch": sel.epoch, "selection": "best validation top-1" if sel.val_top1 is not None else "final epoch",
+        "params": m.params, "macs": m.macs, "mac_convention": MAC_CONVENTION,
         "epochs": cfg.epochs, "seed": cfg.seed,
-        "train_seconds": round(history["wall_before"] + time.perf_counter() - wall_start, 3),
+        "train_seconds": round(history.wall_before + session.wall(), 3),
         "train_step_seconds": round(sum(epoch_seconds), 3),
         "images_per_second": round(n_train * len(epoch_seconds) / max(sum(epoch_seconds), 1e-9), 1),
         "epoch_seconds": epoch_seconds,
-        "train_step": "+".join(dict.fromkeys(history.get("train_step", ["eager"]))),
-        "device": env["device"], "world_size": world, "git_commit": env["git_commit"],
-        "peak_memory_bytes": peak_memory_bytes(device), "inference": infer, "environment": env,
+        "train_step": "+".join(dict.fromkeys(history.train_step or ["eager"])),
+        "device": m.environment["device"], "world_size": world, "git_commit": m.environment["git_commit"],
+        "peak_memory_bytes": m.peak_memory_bytes, "inference": m.inference, "environment": m.environment,
         "per_class_accuracy": per_class_accuracy(preds, labels, data.num_classes),
         "test_labels": labels.tolist(), "test_predictions": preds.tolist(),
         "test_correct": correctness_string(preds, labels),
         "config": cfg.model_dump(mode="json"),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if sel["val_top1"] is not None:
-        result.update(val_top1=round(sel["val_top1"], 6), val_top5=round(sel["val_top5"], 6))
+    if sel.val_top1 is not None:
+        result.update(val_top1=round(sel.val_top1, 6), val_top5=round(sel.val_top5, 6))
     if data.test.coarse is not None and data.coarse_classes:
         result["per_superclass_accuracy"] = superclass_accuracy(preds, labels, data.test.coarse, len(data.coarse_classes))
     if any(math.isnan(v) for v in result["per_class_accuracy"]):
         result["per_class_accuracy"] = [None if math.isnan(v) else v for v in result["per_class_accuracy"]]
     return result
+

@@ -1,4 +1,4 @@
-"""Evaluate a run folder's latest intact checkpoint on a split of its own source or of any other."""
+"""Evaluate a run folder's newest intact checkpoint on a split of its own source or of any other."""
 
 from __future__ import annotations
 
@@ -8,58 +8,53 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model
 
 from .. import CifarlabError
-from ..config import TrainConfig, read_run_config
+from ..config import TrainConfig
 from ..data import DeviceLoader, load_data
 from ..data.meta import DATASETS
 from ..data.testset import load_test_set
-from ..io import read_json, write_json
 from ..models import create
-from .checkpoint import check_weights, find_latest
+from ..run import RunFolder, newest_intact, read_config, read_result
+from ..run.checkpoints import EMA_WEIGHTS, WEIGHTS
+from ..run.folder import EVALS, RESULT
+from .checkpoint import load_weights
 from .metrics import autocast_context, autocast_dtype, correctness_string, evaluate, per_class_accuracy
 
 
-def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.device = "cpu"):
-    """(config, model with the newest intact checkpoint's weights, epoch) for a run folder."""
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.is_file():
-        raise CifarlabError(f"{run_dir} is not a run folder (no config.json)")
-    cfg = read_run_config(cfg_path)
-    found = find_latest(run_dir / "checkpoints")
+def load_run_model(run_dir: str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+                   ) -> tuple[TrainConfig, torch.nn.Module, int, bool]:
+    """(config, model with the newest intact checkpoint's weights in eval mode, its epoch, whether those are the
+    EMA weights) of a run folder."""
+    folder = RunFolder(run_dir)
+    cfg = read_config(folder)
+    found = newest_intact(folder)
     if found is None:
-        raise CifarlabError(f"{run_dir} has no intact checkpoint")
-    epoch, path, _ = found
+        raise CifarlabError(f"{folder} has no intact checkpoint")
     try:
         model = create(cfg.model, num_classes=DATASETS[cfg.dataset].num_classes, **cfg.model_kwargs)
     except (TypeError, ValueError) as e:
-        raise CifarlabError(f"{cfg_path}: cannot build {cfg.model} with options {cfg.model_kwargs}: {e}") from None
-    weights = path / "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else path / "model.safetensors"
-    check_weights(model, [weights], str(run_dir))
-    try:
-        load_model(model, str(weights), device=str(device))
-    except RuntimeError as e:  # missing or unexpected tensors
-        raise CifarlabError(f"{run_dir}: {weights.name} does not fit {cfg.model}: {' '.join(str(e).split())[:300]}"
-                            ) from None
-    return cfg, model.to(device).eval(), epoch
+        raise CifarlabError(f"{folder}: cannot build {cfg.model} with options {cfg.model_kwargs}: "
+                            f"{' '.join(str(e).split())[:200]}") from None
+    ema = use_ema and found.has_ema
+    load_weights(model, found.path / (EMA_WEIGHTS if ema else WEIGHTS), str(folder), device)
+    return cfg, model.to(device).eval(), found.epoch, ema
 
 
-def _training_normalisation(run_dir: Path, cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def training_normalisation(folder: RunFolder, cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean/std the run trained with: from its record, else from its own training data."""
-    result = run_dir / "result.json"
-    if result.is_file():
-        rec = read_json(result)
-        if isinstance(rec, dict) and len(rec.get("mean") or ()) == 3 and len(rec.get("std") or ()) == 3:
+    if folder.exists(RESULT):
+        rec = read_result(folder)
+        if rec.get("mean") is not None and rec.get("std") is not None:
             return tuple(rec["mean"]), tuple(rec["std"])
     data = load_data(cfg.dataset, cfg.data)
     return data.mean, data.std
 
 
-def eval_path(run_dir: Path, fingerprint: str, split: str) -> Path:
-    """``evals/<fingerprint>.json`` (``<fingerprint>-<split>.json`` for a split other than test)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", fingerprint) + ("" if split == "test" else f"-{split}")
-    return run_dir / "evals" / f"{name}.json"
+def eval_name(fingerprint: str, split: str) -> str:
+    """``<fingerprint>.json`` (``<fingerprint>-<split>.json`` for a split other than test) under ``evals/``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", fingerprint)[:120].lstrip(".") + ("" if split == "test" else f"-{split}") \
+        + ".json"
 
 
 def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True, data: str | None = None) -> dict:
@@ -70,10 +65,12 @@ def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True, data:
     the source and its fingerprint. The images are normalised with the run's own training statistics.
     Returns the evaluation plus ``path``, where it was written.
     """
+    folder = RunFolder(run_dir)
+    folder.check_layout()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model, epoch = load_run_model(run_dir, use_ema, device)
+    cfg, model, epoch, ema = load_run_model(folder.root, use_ema, device)
     test = load_test_set(cfg.dataset, data if data is not None else cfg.data, split, cfg.val_split)
-    mean, std = _training_normalisation(run_dir, cfg)
+    mean, std = training_normalisation(folder, cfg)
     loader = DeviceLoader(test.images, cfg.eval_batch_size, mean, std, device, channels_last=cfg.channels_last)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -81,7 +78,7 @@ def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True, data:
     preds, labels = ev["predictions"], ev["labels"]
     classes = DATASETS[cfg.dataset].num_classes
     out = {"model": cfg.model, "dataset": cfg.dataset, "split": split, "images": len(test.images), "epoch": epoch,
-           "weights": "ema" if use_ema and cfg.ema_decay else "model",
+           "weights": "ema" if ema else "model",
            "source": test.source, "source_kind": test.kind, "source_description": test.description,
            "fingerprint": test.fingerprint,
            "top1": round(ev["top1"], 6), "top5": round(ev["top5"], 6), "nll": round(ev["loss"], 6),
@@ -90,6 +87,5 @@ def evaluate_run(run_dir: Path, split: str = "test", use_ema: bool = True, data:
            "test_labels": labels.tolist(), "test_predictions": preds.tolist(),
            "test_correct": correctness_string(preds, labels),
            "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    path = eval_path(run_dir, test.fingerprint, split)
-    write_json(path, out)
+    path = folder.write_json(EVALS, eval_name(test.fingerprint, split), obj=out)
     return {**out, "path": str(path)}

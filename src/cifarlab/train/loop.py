@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -18,6 +17,8 @@ import torch.nn as nn
 
 from .. import CifarlabError
 from ..config import TrainConfig
+from ..environment import synchronize
+from ..run import Checkpoint
 from .checkpoint import load_checkpoint
 from .ema import WeightEma
 from .metrics import autocast_dtype
@@ -61,12 +62,12 @@ class EpochStats:
 def make_train_step(model: nn.Module, cfg: TrainConfig, device: torch.device | str, *, steps_per_epoch: int,
                     graph: bool = False, sample: tuple[torch.Tensor, torch.Tensor] | None = None,
                     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, capturable: bool | None = None,
-                    checkpoint: Path | None = None) -> Training:
+                    checkpoint: Checkpoint | None = None) -> Training:
     """The training step of ``model`` under ``cfg`` (optimizer, schedule, EMA, label smoothing, clipping, autocast).
 
     ``graph``: capture it as one CUDA graph on ``sample``'s shapes. ``capturable`` (default: ``graph``) gives the
     graph path's optimizer (fused kernels reading LR tensors on the device) also to an eager step. ``forward`` may
-    wrap the model (DDP, ``torch.compile``). ``checkpoint``: a checkpoint folder whose weights, EMA, optimizer and
+    wrap the model (DDP, ``torch.compile``). ``checkpoint``: a checkpoint whose weights, EMA, optimizer and
     scheduler state are loaded before the capture; the rest of it is returned as ``Training.resumed``.
     """
     device = torch.device(device)
@@ -77,13 +78,22 @@ def make_train_step(model: nn.Module, cfg: TrainConfig, device: torch.device | s
     resumed = None
     if checkpoint is not None:
         resumed = load_checkpoint(checkpoint, model, ema.module if ema else None, map_location=device)
-        load_optimizer_state(optimizer, resumed.pop("optimizer"))
-        scheduler.load_state_dict(resumed.pop("scheduler"))
+        _restore(optimizer, scheduler, resumed, str(checkpoint.path))
     lr_on_device(optimizer, device if capturable else None)
     step = TrainStep(model, optimizer, forward=forward, label_smoothing=cfg.label_smoothing,
                      autocast_dtype=autocast_dtype(cfg.precision, device), grad_clip=cfg.grad_clip, ema=ema,
                      graph=graph, sample=sample)
     return Training(step, optimizer, scheduler, ema, steps_per_epoch, resumed)
+
+
+def _restore(optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any], where: str) -> None:
+    """Load a checkpoint's optimiser and schedule state; a state that does not fit them is one line."""
+    try:
+        load_optimizer_state(optimizer, state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        raise CifarlabError(f"{where}: the optimiser or schedule state does not fit this run "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})") from None
 
 
 def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
@@ -99,7 +109,7 @@ def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.
     if first_step is not None:
         step.start_at(first_step)
     images = done = 0
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for done, (x, y) in enumerate(batches, 1):
         step.step(x, y)
@@ -109,7 +119,7 @@ def train_epoch(training: Training, batches: Iterable[tuple[torch.Tensor, torch.
             _check_finite(training, progress, done)
     if done % nan_check_every:
         _check_finite(training, progress, done)
-    _sync(device)
+    synchronize(device)
     seconds = time.perf_counter() - t0
     n = max(images, 1)
     return EpochStats(images, seconds, step.loss_sum.item() / n, step.correct.item() / n)
@@ -127,6 +137,3 @@ def _check_finite(training: Training, progress, done: int) -> None:
         progress.update(done - progress.n)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import platform
-import subprocess
 import time
-from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -14,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import cifarlab
+from ..environment import synchronize
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 
@@ -100,11 +97,6 @@ def correctness_string(preds: np.ndarray, labels: np.ndarray) -> str:
     return "".join("1" if c else "0" for c in preds == labels)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def measure_inference(model: nn.Module, device: torch.device, batch_size: int = 1024,
                       autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
@@ -121,11 +113,11 @@ def measure_inference(model: nn.Module, device: torch.device, batch_size: int = 
         x = torch.randn(bs, 3, 32, 32, device=device).contiguous(memory_format=fmt)
         times: list[float] = []
         for i in range(max_iters + 3):
-            _sync(device)
+            synchronize(device)
             t = time.perf_counter()
             with autocast():
                 model(x)
-            _sync(device)
+            synchronize(device)
             if i >= 3:
                 times.append(time.perf_counter() - t)
                 if len(times) >= 3 and sum(times) > budget_s:
@@ -141,35 +133,3 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return None
-
-
-def git_commit() -> str:
-    root = Path(cifarlab.__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        if sha.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def environment(device: torch.device) -> dict:
-    import accelerate
-    import datasets
-    import transformers
-
-    return {
-        "device": device_name(device), "python": platform.python_version(), "platform": platform.platform(),
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-        "accelerate": accelerate.__version__, "datasets": datasets.__version__,
-        "transformers": transformers.__version__, "cifarlab": cifarlab.__version__, "git_commit": git_commit(),
-    }

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from ..config import TrainConfig
+from ..environment import device_name
 from ..models import count_macs, count_params, create, get_entry
 from ..models.complexity import MAC_CONVENTION
 from .loop import make_train_step, train_epoch
-from .metrics import autocast_context, autocast_dtype, device_name, measure_inference, peak_memory_bytes
+from .metrics import autocast_context, autocast_dtype, measure_inference, peak_memory_bytes
 from .step import TrainStep
 
 

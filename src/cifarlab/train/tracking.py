@@ -20,21 +20,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from ..io import read_json, read_json_lines, write_json
+from ..run import RunFolder, read_metrics, read_trackers
+from ..run.folder import CONFIG, METRICS, RESULT, TRACKERS
 
 PROJECT = "cifarlab"  # the MLflow experiment and W&B project, unless $CIFARLAB_PROJECT names another
-STATE_FILE = "trackers.json"
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "val_top1", "val_top5", "selected_epoch", "params", "macs",
                 "train_seconds", "train_step_seconds", "images_per_second")
-ARTIFACTS = ("result.json", "config.json", "metrics.jsonl")
+ARTIFACTS = (RESULT, CONFIG, METRICS)
 
 
 def _check_mlflow_store() -> None:
@@ -78,30 +77,22 @@ def flat_params(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def _state(root: Path) -> dict[str, Any]:
-    path = root / STATE_FILE
-    try:
-        state = read_json(path) if path.is_file() else {}
-    except (OSError, ValueError):
-        state = {}
-    return state if isinstance(state, dict) else {}
-
-
 def _log(accelerator: Accelerator, row: dict) -> None:
     accelerator.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
 
-def start_tracking(accelerator: Accelerator, cfg: TrainConfig, root: Path, resumed_epoch: int = 0) -> None:
-    """Start (or, after ``resumed_epoch`` > 0, continue) the tracker runs of the run in ``root``."""
+def start_tracking(accelerator: Accelerator, cfg: TrainConfig, folder: RunFolder, resumed_epoch: int = 0) -> None:
+    """Start (or, after ``resumed_epoch`` > 0, continue) the tracker runs of the run in ``folder``."""
     if not accelerator.log_with:
         return
-    state = _state(root) if resumed_epoch else {}
+    state = read_trackers(folder).model_dump(exclude_none=True) if resumed_epoch else {}
     names = [str(t) for t in accelerator.log_with]
     init: dict[str, dict] = {}
     if "mlflow" in names:
-        init["mlflow"] = {"run_name": root.name, **({"run_id": state["mlflow"]} if state.get("mlflow") else {})}
+        init["mlflow"] = {"run_name": folder.name, **({"run_id": state["mlflow"]} if state.get("mlflow") else {})}
     if "wandb" in names:
-        init["wandb"] = {"name": root.name, **({"id": state["wandb"], "resume": "allow"} if state.get("wandb") else {})}
+        init["wandb"] = {"name": folder.name,
+                         **({"id": state["wandb"], "resume": "allow"} if state.get("wandb") else {})}
     accelerator.init_trackers(os.environ.get("CIFARLAB_PROJECT", PROJECT), config=flat_params(cfg), init_kwargs=init)
     if not accelerator.is_main_process:
         return
@@ -110,19 +101,20 @@ def start_tracking(accelerator: Accelerator, cfg: TrainConfig, root: Path, resum
     if "wandb" in names:
         state["wandb"] = accelerator.get_tracker("wandb", unwrap=True).id
     logged = int(state.get("logged_epoch", 0)) if resumed_epoch else 0
-    for row in read_json_lines(root / "metrics.jsonl"):
-        if logged < row.get("epoch", 0) <= resumed_epoch:
+    for row in read_metrics(folder):
+        if logged < row["epoch"] <= resumed_epoch:
             _log(accelerator, row)
             logged = row["epoch"]
-    write_json(root / STATE_FILE, {**state, "logged_epoch": logged})
+    folder.write_json(TRACKERS, obj={**state, "logged_epoch": logged})
 
 
-def log_epoch(accelerator: Accelerator, root: Path, row: dict) -> None:
+def log_epoch(accelerator: Accelerator, folder: RunFolder, row: dict) -> None:
     """Log one epoch's metrics row (after its checkpoint) and remember that it was logged."""
     if not accelerator.log_with or not accelerator.is_main_process:
         return
     _log(accelerator, row)
-    write_json(root / STATE_FILE, {**_state(root), "logged_epoch": int(row["epoch"])})
+    state = read_trackers(folder).model_dump(exclude_none=True)
+    folder.write_json(TRACKERS, obj={**state, "logged_epoch": int(row["epoch"])})
 
 
 def summary_metrics(result: dict) -> dict[str, float]:
@@ -130,12 +122,12 @@ def summary_metrics(result: dict) -> dict[str, float]:
             if isinstance(result.get(k), (int, float)) and not isinstance(result.get(k), bool)}
 
 
-def finish_tracking(accelerator: Accelerator, root: Path, result: dict) -> None:
+def finish_tracking(accelerator: Accelerator, folder: RunFolder, result: dict) -> None:
     """The run record's scalar fields as summary metrics, its files as artifacts where the tracker keeps files."""
     if not accelerator.log_with or not accelerator.is_main_process:
         return
     summary = summary_metrics(result)
-    files = [root / name for name in ARTIFACTS if (root / name).is_file()]
+    files = [folder.path(name) for name in ARTIFACTS if folder.is_file(name)]
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.log({f"result/{k}": v for k, v in summary.items()}, step=int(result["epochs"]))
@@ -148,4 +140,4 @@ def finish_tracking(accelerator: Accelerator, root: Path, result: dict) -> None:
         elif tracker.name == "wandb":
             tracker.tracker.summary.update(summary)
             for f in files:
-                tracker.tracker.save(str(f), base_path=str(root), policy="now")
+                tracker.tracker.save(str(f), base_path=str(folder.root), policy="now")
