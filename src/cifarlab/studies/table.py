@@ -21,6 +21,9 @@ def correctness(records: list[RunRecord]) -> np.ndarray:
         s = r.result.get("test_correct")
         if not isinstance(s, str) or not s:
             raise CifarlabError(f"{r.run_dir}/result.json has no per-image test correctness (test_correct)")
+        if s.strip("01"):
+            raise CifarlabError(f"{r.run_dir}/result.json: test_correct must hold only 0 and 1 (one per test image), "
+                                f"found {next(c for c in s if c not in '01')!r}")
         rows.append(np.frombuffer(s.encode(), dtype=np.uint8) == ord("1"))
     if len({len(x) for x in rows}) > 1:
         raise CifarlabError("runs were evaluated on test sets of different sizes: "
