@@ -23,18 +23,29 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=CUDA_ONLY))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each report says whether its test carries the ``cuda`` marker on a machine without CUDA (an attribute of
+    the report, so that it reaches the controller of ``pytest -n``)."""
+    report = yield
+    report.cuda_only_skip = item.get_closest_marker("cuda") is not None and not torch.cuda.is_available()
+    return report
+
+
 class SkipGuard:
-    """In CI (``CI`` set), a skip other than CUDA-only fails the session: a missing test dependency or an
-    unmet condition must not pass as green."""
+    """In CI (``CI`` set), a skip other than that of a ``cuda``-marked test on a machine without CUDA, and any
+    xfail, fails the session: a missing test dependency, an unmet condition or an expected failure must not pass
+    as green. It runs where the reports arrive: in the one process, or in the controller of ``pytest -n``."""
 
     def __init__(self):
-        self.skips: list[str] = []
+        self.escapes: list[str] = []
 
     def _note(self, report):
-        if report.skipped and not hasattr(report, "wasxfail"):
+        if hasattr(report, "wasxfail"):
+            self.escapes.append(f"{report.nodeid}: xfail{': ' + report.wasxfail if report.wasxfail else ''}")
+        elif report.skipped and not getattr(report, "cuda_only_skip", False):
             reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-            if reason != f"Skipped: {CUDA_ONLY}":
-                self.skips.append(f"{report.nodeid}: {reason}")
+            self.escapes.append(f"{report.nodeid}: {reason}")
 
     def pytest_runtest_logreport(self, report):
         self._note(report)
@@ -43,13 +54,14 @@ class SkipGuard:
         self._note(report)
 
     def pytest_sessionfinish(self, session):
-        if self.skips and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        if self.escapes and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter):
-        if self.skips:
-            terminalreporter.write_sep("=", "skips that fail CI (only CUDA-only tests may skip)", red=True)
-            for line in self.skips:
+        if self.escapes:
+            terminalreporter.write_sep("=", "skips and xfails that fail CI (only cuda-marked tests may skip, "
+                                            "where there is no CUDA)", red=True)
+            for line in self.escapes:
                 terminalreporter.write_line(line)
 
 

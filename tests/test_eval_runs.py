@@ -20,10 +20,11 @@ from cifarlab.report.calibration import other_test_sets, reliability_diagram
 from cifarlab.report.runs import list_runs
 from cifarlab.report.summary import build_tables
 from cifarlab.report.writeup import Writer
-from cifarlab.run import RunFolder, finished_runs as load_runs
+from cifarlab.run import RunFolder, finished_runs as load_runs, status as run_status_module
+from cifarlab.run.records import RunResult
 from cifarlab.train import fit
 from cifarlab.train.checkpoint import save_checkpoint
-from cifarlab.train.evaluate import evaluate_run
+from cifarlab.train.evaluate import evaluate_run, load_run_model
 from cifarlab.train.metrics import expected_calibration_error
 
 # ResNet-8 on 100 synthetic images, 2 steps of 50, one epoch: a few seconds on a CPU
@@ -50,6 +51,38 @@ def run(trained, tmp_path):
 # ---------------------------------------------------------------- calibration
 
 
+def test_images(run: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """The test split of TINY's data (synthetic seed 0, split 1) scaled to [0, 1] and standardised with the record's
+    mean and std, as the engine does (NCHW float32), and its labels."""
+    rec = read_json(run / "result.json")
+    images, labels = synthetic_arrays(DATASETS["cifar100"], 100, 0, 1)
+    x = (images / 255.0 - np.array(rec["mean"])) / np.array(rec["std"])
+    return torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32), labels
+
+
+@torch.no_grad()
+def logits_by_hand(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's newest checkpoint model on its test images: float64 logits, labels."""
+    _, model, _, _ = load_run_model(run)
+    x, labels = test_images(run)
+    return model(x).double().numpy(), labels
+
+
+def nll_and_ece_by_hand(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Mean negative log-likelihood (log-softmax), ECE over 15 equal-width bins of the max softmax, (b/15, (b+1)/15]
+    with 0 in the first: sum over bins of n_b/N |acc_b - conf_b|; and the per-image correctness and confidence."""
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    nll = -log_p[np.arange(len(labels)), labels].mean()
+    conf, correct = np.exp(log_p.max(1)), log_p.argmax(1) == labels
+    ece = 0.0
+    for b in range(15):
+        in_bin = ((conf > b / 15) | (b == 0)) & (conf <= (b + 1) / 15)
+        if in_bin.any():
+            ece += in_bin.sum() / len(conf) * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(nll), float(ece), correct, conf
+
+
 def test_expected_calibration_error_by_hand():
     # 15 bins of width 1/15: 0.05 -> bin 0, 0.5 -> bin 7, 0.99 and 1.0 -> bin 14
     conf = np.array([0.05, 0.5, 0.5, 0.99, 1.0])
@@ -74,6 +107,31 @@ def test_result_records_nll_and_ece_of_its_own_test_split(trained):
     conf = np.array([c or 0.0 for c in cal["confidence"]])
     assert (n * acc).sum() / n.sum() == pytest.approx(rec["top1"], abs=1e-6)
     assert (n / n.sum() * np.abs(acc - conf)).sum() == pytest.approx(rec["ece"], abs=1e-5)
+    # and all of them from the model's own logits, computed here
+    nll, ece, correct, _ = nll_and_ece_by_hand(*logits_by_hand(trained))
+    assert rec["test_correct"] == "".join("1" if c else "0" for c in correct)
+    assert rec["nll"] == pytest.approx(nll, abs=2e-5) and rec["ece"] == pytest.approx(ece, abs=2e-5)
+
+
+@torch.no_grad()
+def test_eval_nll_and_ece_match_a_hand_computation_over_many_bins(run):
+    """A head fitted by least squares to noisy one-hot targets of the test images is right on some and spreads its
+    confidences over most bins, with accuracies that differ between bins: the binning itself is checked."""
+    _, model, epoch, _ = load_run_model(run)
+    x, labels = test_images(run)
+    features = torch.cat([model.forward_head(model.forward_features(x), pre_logits=True), torch.ones(100, 1)], 1)
+    noisy = 6 * torch.eye(100)[labels] + 3 * torch.randn(100, 100, generator=torch.Generator().manual_seed(3))
+    head = torch.linalg.lstsq(features, noisy).solution
+    model.fc.weight.copy_(head[:-1].T)
+    model.fc.bias.copy_(head[-1])
+    save_checkpoint(RunFolder(run), epoch + 1, model, {})
+    out = evaluate_run(run)
+    nll, ece, correct, conf = nll_and_ece_by_hand(*logits_by_hand(run))
+    counts = [int((((conf > b / 15) | (b == 0)) & (conf <= (b + 1) / 15)).sum()) for b in range(15)]
+    assert sum(c > 0 for c in counts) >= 8 and 0.05 < correct.mean() < 0.5, (counts, correct.mean())
+    assert out["epoch"] == epoch + 1 and out["test_correct"] == "".join("1" if c else "0" for c in correct)
+    assert out["nll"] == pytest.approx(nll, abs=2e-5) and out["ece"] == pytest.approx(ece, abs=2e-5)
+    assert out["calibration"]["count"] == counts
 
 
 # ---------------------------------------------------------------- evaluation on other test sets
@@ -218,9 +276,10 @@ def test_runs_lists_status_from_the_records_and_filters_and_sorts(trained, tmp_p
 
 
 @pytest.mark.parametrize("lists_first", [False, True])
-def test_runs_reads_a_large_record_whatever_the_order_of_its_fields(trained, tmp_path, lists_first):
-    """The listing parses the head of a large result.json and falls back to the whole file when the head lacks
-    a field (here: when the per-image lists come first)."""
+def test_runs_reads_a_large_record_whatever_the_order_of_its_fields(trained, tmp_path, monkeypatch, lists_first):
+    """The listing parses only the first 16 KiB of a large result.json when they hold its fields, and falls back to
+    the whole file when the head lacks one (here: when the per-image lists come first). A spy on the JSON parser
+    the listing uses sees the sizes it is handed."""
     run = Path(shutil.copytree(trained, tmp_path / "runs" / "big"))
     rec = read_json(run / "result.json")
     n = 20_000  # per-image lists of a test split this large put the record well past the head the listing parses
@@ -229,7 +288,19 @@ def test_runs_reads_a_large_record_whatever_the_order_of_its_fields(trained, tmp
     scalars = {k: v for k, v in rec.items() if k not in lists}
     fields = {**lists, **scalars} if lists_first else {**scalars, **lists}
     (run / "result.json").write_text(json.dumps(fields, indent=1))
-    assert (run / "result.json").stat().st_size > 100_000
+    size = (run / "result.json").stat().st_size
+    assert size > 100_000
+    parsed: list[int] = []  # the sizes handed to the head's parser and to the whole record's validating parser
+    parse, validate = run_status_module.from_json, RunResult.model_validate_json
+
+    def spy(real):
+        return lambda data, **kw: parsed.append(len(data)) or real(data, **kw)
+
+    monkeypatch.setattr(run_status_module, "from_json", spy(parse))
+    monkeypatch.setattr(RunResult, "model_validate_json", spy(validate))
     (row,) = list_runs([tmp_path / "runs"])
     assert (row.status, row.top1, row.top5, row.train_seconds) == ("done", rec["top1"], rec["top5"],
                                                                    rec["train_seconds"])
+    assert 16 * 1024 in parsed, f"the head is parsed first: {parsed}"
+    assert (size in parsed) == lists_first, f"the whole file is parsed only when the head lacks a field: {parsed}"
+    assert max(parsed) == (size if lists_first else 16 * 1024), parsed

@@ -6,6 +6,7 @@ head, and so of its workers, and of the driver), with token authentication on; e
 of its cluster and driver before its first task and after its last.
 """
 
+import itertools
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -81,6 +83,16 @@ class Cluster:
         except psutil.NoSuchProcess:
             return []
 
+    def titles(self) -> dict[int, str]:
+        """pid -> process title of every process of the cluster now (a worker's reads ``ray::<its task>``)."""
+        found = {}
+        for pid in self.pids():
+            try:
+                found[pid] = " ".join(psutil.Process(pid).cmdline()).strip()
+            except psutil.Error:
+                continue
+        return found
+
     def assert_loopback_only(self) -> None:
         found = listeners(self.pids() + [os.getpid()])
         assert found, "the cluster has no listening socket: not running?"
@@ -137,6 +149,30 @@ def driver(cluster, monkeypatch):
     cluster.assert_loopback_only()  # the workers that ran the tasks included
 
 
+TASK_TITLE = "ray::run_task"  # a Ray worker process while it runs cifarlab's task
+
+
+class TitleWatch:
+    """Every title each process of the cluster showed while the block ran (checked every 0.1 s): pid -> titles."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster, self.seen, self.done = cluster, {}, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.1):
+            for pid, title in self.cluster.titles().items():
+                self.seen.setdefault(pid, set()).add(title)
+
+    def __enter__(self) -> "TitleWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+
 def _write_study(folder: Path, study: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{study['name']}.yaml"
@@ -175,12 +211,20 @@ def test_study_on_a_ray_cluster_equals_the_serial_runner(cluster, driver, refere
     log, lines = driver
     out = tmp_path / "runs"
     study = load_study(_write_study(tmp_path, TINY))
-    outcomes = run_study_ray(study, out, address=cluster.address, cpus_per_run=1, log=log)
+    with TitleWatch(cluster) as cluster_titles:
+        outcomes = run_study_ray(study, out, address=cluster.address, cpus_per_run=1, log=log)
     assert [o.status for o in outcomes] == ["finished"] * 4, lines
     assert _differences(reference, out / "tiny") == []
     assert any(line.startswith("progress: 4 done, 0 running, 0 failed, 0 pending") for line in lines), lines
-    pids = {json.loads((out / "tiny" / n / ATTEMPTS_FILE).read_text())[0]["pid"] for n in RUNS}
-    assert len(pids) >= 2, "two runs at a time, in two worker processes"
+    attempts = [json.loads((out / "tiny" / n / ATTEMPTS_FILE).read_text()) for n in RUNS]
+    assert [len(a) for a in attempts] == [1] * 4, attempts
+    tries = [a[0] for a in attempts]
+    assert all(TASK_TITLE in cluster_titles.seen.get(t["pid"], ()) for t in tries), \
+        f"each run in a worker process of this cluster: {tries} {cluster_titles.seen}"
+    spans = [(datetime.fromisoformat(t["started"]), datetime.fromisoformat(t["ended"]), t["pid"]) for t in tries]
+    overlapping = [(a, b) for a, b in itertools.combinations(spans, 2) if a[0] < b[1] and b[0] < a[1]]
+    assert overlapping, f"two runs at a time: {spans}"
+    assert all(a[2] != b[2] for a, b in overlapping), "runs at the same time are in different worker processes"
 
 
 def test_killed_worker_is_retried_and_its_run_resumes_to_the_same_record(cluster, driver, reference, tmp_path):
@@ -196,7 +240,7 @@ def test_killed_worker_is_retried_and_its_run_resumes_to_the_same_record(cluster
         while not study_over.is_set():
             if (target / "checkpoints/epoch-0001/manifest.json").is_file() and (target / ATTEMPTS_FILE).is_file():
                 pid = json.loads((target / ATTEMPTS_FILE).read_text())[-1]["pid"]
-                killed.update(pid=pid, of_this_cluster=pid in cluster.pids(),
+                killed.update(pid=pid, of_this_cluster=cluster.titles().get(pid) == TASK_TITLE,
                               too_late=(target / f"checkpoints/epoch-{EPOCHS:04d}").exists())
                 if killed["of_this_cluster"]:
                     os.kill(pid, signal.SIGKILL)
@@ -210,7 +254,7 @@ def test_killed_worker_is_retried_and_its_run_resumes_to_the_same_record(cluster
     finally:
         study_over.set()
         killer.join(timeout=5)
-    assert killed.get("of_this_cluster"), f"the run's worker is a process of this cluster: {killed}"
+    assert killed.get("of_this_cluster"), f"the run's worker is a worker process of this cluster: {killed}"
     assert not killed["too_late"], "the kill landed in the second epoch"
     assert [o.status for o in outcomes] == ["finished"] * 4, lines
     tries = json.loads((target / ATTEMPTS_FILE).read_text())

@@ -1,11 +1,12 @@
-"""Experiment trackers through accelerate, with the real libraries and no network: MLflow on a local file store,
-W&B offline. A run is SIGKILLed right after its first checkpoint (before that epoch reached the trackers) and
-resumed; each tracker must then hold one run with every epoch exactly once, the config as params, the record's
+"""Experiment trackers through accelerate, with the real libraries and no network: TensorBoard, MLflow on a local
+file store, W&B offline. A run is SIGKILLed right after its first checkpoint (before that epoch reached the trackers)
+and resumed; each tracker must then hold one run with every epoch exactly once, the config as params, the record's
 figures as summary and the run's files as artifacts, all read back through the trackers' own files and APIs."""
 
 import json
 import signal
 import struct
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from cifarlab import cli
 from cifarlab.io import read_json
 from cifarlab.train import tracking
 
+ARTIFACTS = {"result.json", "config.json", "metrics.jsonl"}  # the run's files every tracker that keeps files gets
+SUMMARY = ("top1", "top5", "nll", "ece", "selected_epoch", "params", "macs", "train_seconds", "train_step_seconds",
+           "images_per_second")  # the record's figures of a run without a validation split, as summary metrics
 ARGV = ["train", "--model", "resnet20", "--set", "model_kwargs={depth: 8}", "--data", "synthetic:100:100",
         "--epochs", "2", "--batch-size", "50", "--lr", "0.1", "--warmup-epochs", "0", "--no-progress",
         "--report-to", "tensorboard,mlflow,wandb", "--name", "tiny"]
@@ -55,6 +59,20 @@ def wandb_records(path: Path):
             record.ParseFromString(parts)
             parts = b""
             yield record
+
+
+def tensorboard_scalars(folder: Path) -> list[tuple[str, int, float]]:
+    """(tag, step, value) of every scalar in every TensorBoard event file under ``folder``, in file order, read with
+    tensorboard's own event-file reader (no TensorFlow)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util.tensor_util import make_ndarray
+
+    out = []
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            out += [(v.tag, event.step, float(make_ndarray(v.tensor))) for v in event.summary.value
+                    if v.metadata.plugin_data.plugin_name == "scalars"]
+    return out
 
 
 def _items(update) -> dict:
@@ -122,7 +140,7 @@ def test_killed_and_resumed_run_is_one_tracker_run_with_each_epoch_once(offline_
         assert history == [(r["epoch"], pytest.approx(r[key])) for r in rows], key
     for key in ("top1", "top5", "nll", "ece", "train_seconds"):
         assert found.data.metrics[key] == pytest.approx(result[key]), key
-    assert {a.path for a in client.list_artifacts(found.info.run_id)} >= set(tracking.ARTIFACTS)
+    assert {a.path for a in client.list_artifacts(found.info.run_id)} >= ARTIFACTS
     copy = client.download_artifacts(found.info.run_id, "result.json", str(tmp_path))
     assert read_json(copy) == result
 
@@ -148,9 +166,17 @@ def test_killed_and_resumed_run_is_one_tracker_run_with_each_epoch_once(offline_
     assert sorted(steps) == [1, 2], "every epoch once, none repeated"
     assert summary["top1"] == pytest.approx(result["top1"]) and summary["ece"] == pytest.approx(result["ece"])
     assert cfg["lr"] == 0.1 and cfg["augment.hflip"] is True and cfg["epochs"] == 2
-    assert files >= set(tracking.ARTIFACTS)
+    assert files >= ARTIFACTS
     saved = next(p for p in logs[-1].parent.glob("files/result.json"))
     assert read_json(saved) == result
 
-    # TensorBoard: accelerate's event files in the run folder
-    assert list((run / "tensorboard" / tracking.PROJECT).glob("events.out.tfevents.*"))
+    # TensorBoard: accelerate's event files in the run folder, one per session; every epoch's row once, at its step
+    scalars = tensorboard_scalars(run / "tensorboard")
+    epochs = [(tag, step) for tag, step, _ in scalars if not tag.startswith("result/")]
+    want = [(key, r["epoch"]) for r in rows for key in r if key != "epoch"]
+    assert Counter(epochs) == Counter(want), "every metric of every epoch exactly once"
+    values = {(tag, step): v for tag, step, v in scalars}
+    assert all(values[key, r["epoch"]] == pytest.approx(r[key]) for r in rows for key in r if key != "epoch")
+    summary = [(tag, step, v) for tag, step, v in scalars if tag.startswith("result/")]
+    assert sorted(tag for tag, _, _ in summary) == sorted(f"result/{k}" for k in SUMMARY)
+    assert all(step == 2 and v == pytest.approx(result[tag[7:]]) for tag, step, v in summary)

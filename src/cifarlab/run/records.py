@@ -183,12 +183,13 @@ class Attempt(Record):
     host: Annotated[str, Field(max_length=255)] = ""
     pid: Count = 0
     started: Annotated[str, Field(max_length=64)] = ""
+    ended: Annotated[str, Field(max_length=64)] | None = None
     status_before: Annotated[str, Field(max_length=32)] = ""
     after_epoch: Count = 0
 
 
 class StudyVariant(Record):
-    name: Name
+    name: Name | None = None
     model: Name
     baseline: Name | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
@@ -198,7 +199,7 @@ class StudyVariant(Record):
 class StudyDescription(Record):
     """``study.json``: what a study folder holds (written by ``cifarlab study run``)."""
 
-    name: Name
+    name: Name | None = None
     description: Annotated[str, Field(max_length=65536)] = ""
     seeds: list[Count] = Field(default_factory=list, max_length=100_000)
     source: Text = ""

@@ -10,8 +10,9 @@ recorded in its ``error.json`` and the others go on.
 
 The run folders are the only shared state: ``--out`` must be one filesystem that the
 driver and every node see at the same path. Each attempt appends to the run's
-``attempts.json`` (the ``study run`` that submitted it, host, process id, the epoch it resumed after),
-which the driver reads for its progress line and the tests read to find a worker.
+``attempts.json`` (the ``study run`` that submitted it, host, process id, the epoch it resumed after, when it
+started and ended, UTC to the millisecond), which the driver reads for its progress line and the tests read to
+find a worker and to see runs overlap.
 
 Without an address a local Ray instance is started that listens on 127.0.0.1 only
 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray is imported: Ray would otherwise
@@ -24,8 +25,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import time
 import uuid
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -159,13 +160,27 @@ def _check_resources(ray, cpus: float, gpus: float, local: bool, log: Callable[[
 _WORKER_DATA = DataCache()  # a Ray worker process runs many tasks: consecutive runs on the same data share a copy
 
 
-def _log_attempt(st: RunState, submission: str) -> None:
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _log_attempt(st: RunState, submission: str) -> int:
+    """Append this attempt to the run's ``attempts.json``; returns its index."""
     folder = RunFolder(st.run_dir)
     entries = read_attempts(folder)
-    entries.append({"submission": submission, "host": socket.gethostname(), "pid": os.getpid(),
-                    "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    entries.append({"submission": submission, "host": socket.gethostname(), "pid": os.getpid(), "started": _now(),
                     "status_before": st.status, "after_epoch": st.last_epoch})
     folder.write_json(ATTEMPTS, obj=entries)
+    return len(entries) - 1
+
+
+def _end_attempt(run_dir: Path, index: int) -> None:
+    """Note when attempt ``index`` ended (a killed worker's attempt has no end)."""
+    folder = RunFolder(run_dir)
+    entries = read_attempts(folder)
+    if index < len(entries):
+        entries[index]["ended"] = _now()
+        folder.write_json(ATTEMPTS, obj=entries)
 
 
 def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -> Outcome:
@@ -181,8 +196,11 @@ def run_task(run: StudyRun, out: str, cwd: str, submission: str, threads: int) -
         raise CifarlabError(f"--out {out} is not visible on node {host}: it must be a shared filesystem")
     torch.set_num_threads(threads)
     st = run_state(run, out)
-    _log_attempt(st, submission)
-    outcome = run_one(st, data=_WORKER_DATA, progress=False, log=print, tag=f"[{host}]")
+    attempt = _log_attempt(st, submission)
+    try:
+        outcome = run_one(st, data=_WORKER_DATA, progress=False, log=print, tag=f"[{host}]")
+    finally:
+        _end_attempt(st.run_dir, attempt)
     if outcome.status == "failed" and not outcome.user_error:
         raise RunAttemptFailed(outcome.detail)
     return outcome

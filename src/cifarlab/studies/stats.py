@@ -35,7 +35,10 @@ t-test and overstates Welch's with 3 seeds per side. ``σ`` is pooled over the f
 stated prior before any finishes.
 
 A gain is claimed only when both sides have >= 3 seeds and the test-set CI lies above zero ("worse":
-below zero). ``benchmarks/stats_coverage.py`` checks the coverage of both intervals by simulation.
+below zero). Seeds that agree exactly on both sides (duplicated records, a seed that changes nothing) leave no
+spread to estimate: the interval has zero width and no claim is made. Per-image correctness other than 0/1 (NaN
+included) or not shaped (runs, images) is refused. ``benchmarks/stats_coverage.py`` checks the coverage of both
+intervals by simulation.
 """
 
 from __future__ import annotations
@@ -125,13 +128,26 @@ class DifferenceCI:
     population_high: float | np.ndarray
 
 
+def _correctness(x, side: str) -> np.ndarray:
+    """``x`` as a float32 ``(..., runs, images)`` array; anything but 0/1 values, or fewer than 2 axes, is refused."""
+    raw = np.asarray(x)
+    if raw.ndim < 2:
+        raise ValueError(f"the {side}'s per-image correctness must be (runs, images), got shape {raw.shape}")
+    if raw.dtype != bool:
+        ok = (raw == 0) | (raw == 1)
+        if not ok.all():
+            raise ValueError(f"the {side}'s per-image correctness must be 0 or 1, found {raw[~ok].flat[0]}")
+    return raw.astype(np.float32, copy=False)
+
+
 def difference_ci(baseline: np.ndarray, variant: np.ndarray, level: float = CI_LEVEL) -> DifferenceCI:
     """CIs of mean top-1 (variant) - mean top-1 (baseline) from per-image correctness (see the module doc).
 
-    ``baseline`` and ``variant`` are ``(..., seeds, images)`` correctness arrays on the same test images, with
-    >= 2 seeds each; leading axes are a batch of independent studies (the coverage simulation).
+    ``baseline`` and ``variant`` are ``(..., seeds, images)`` correctness arrays (0/1 or bool) on the same test
+    images, with >= 2 seeds each; leading axes are a batch of independent studies (the coverage simulation).
+    When every seed of each side has the same top-1, the standard error is exactly 0 (no spread to estimate).
     """
-    a, b = np.asarray(baseline, dtype=np.float32), np.asarray(variant, dtype=np.float32)
+    a, b = _correctness(baseline, "baseline"), _correctness(variant, "variant")
     (n_a, m), n_b = a.shape[-2:], b.shape[-2]
     if b.shape[-1] != m:
         raise ValueError(f"baseline and variant were evaluated on different test sets ({m} and {b.shape[-1]} images)")
@@ -140,7 +156,8 @@ def difference_ci(baseline: np.ndarray, variant: np.ndarray, level: float = CI_L
     top1_a, top1_b = a.mean(-1, dtype=np.float64), b.mean(-1, dtype=np.float64)
     var_a, var_b = top1_a.var(-1, ddof=1), top1_b.var(-1, ddof=1)
     delta = top1_b.mean(-1) - top1_a.mean(-1)
-    se2 = var_a / n_a + var_b / n_b
+    spread = (np.ptp(top1_a, -1) > 0) | (np.ptp(top1_b, -1) > 0)  # else var is rounding error, not 0
+    se2 = np.where(spread, var_a / n_a + var_b / n_b, 0.0)
     df = welch_df(var_a, n_a, var_b, n_b)
     # image level: per-image accuracy over seeds, and its run-to-run variance (0/1 outcomes: p (1 - p) n/(n-1))
     p_a, p_b = a.mean(-2, dtype=np.float64), b.mean(-2, dtype=np.float64)
@@ -162,9 +179,12 @@ def difference_ci(baseline: np.ndarray, variant: np.ndarray, level: float = CI_L
 
 
 def verdict(n_base: int, n_var: int, lo: float | None, hi: float | None) -> tuple[str, bool]:
-    """(verdict text, whether a gain is claimed); a demonstrated loss reads "worse"."""
+    """(verdict text, whether a gain is claimed); a demonstrated loss reads "worse". An interval of zero width
+    (seeds that agree exactly on both sides) or without bounds claims nothing."""
     if min(n_base, n_var) < MIN_SEEDS_FOR_A_CLAIM or lo is None or hi is None:
         return f"n < {MIN_SEEDS_FOR_A_CLAIM} seeds: no claim", False
+    if not lo < hi:
+        return "no claim: the seeds of each side agree exactly (zero spread; duplicated runs?)", False
     if lo > 0:
         return "gain", True
     if hi < 0:

@@ -22,6 +22,9 @@ def correctness(records: list[FinishedRun]) -> np.ndarray:
         s = r.record.get("test_correct")
         if not isinstance(s, str) or not s:
             raise CifarlabError(f"{r.result_path} has no per-image test correctness (test_correct)")
+        if s.strip("01"):
+            raise CifarlabError(f"{r.result_path}: test_correct must hold only 0 and 1 (one per test image), "
+                                f"found {next(c for c in s if c not in '01')!r}")
         rows.append(np.frombuffer(s.encode(), dtype=np.uint8) == ord("1"))
     if len({len(x) for x in rows}) > 1:
         raise CifarlabError("runs were evaluated on test sets of different sizes: "
