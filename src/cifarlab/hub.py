@@ -135,10 +135,10 @@ def load_pretrained(repo_or_path: str | Path, *, device: str | torch.device = "c
 
 
 def _build(config: HubConfig) -> nn.Module:
-    from .models import create
+    from .models import build_model
 
     try:
-        return create(config.model, num_classes=config.num_classes, **config.model_kwargs)
+        return build_model(config.model, config.num_classes, config.model_kwargs)
     except (TypeError, ValueError) as e:
         raise CifarlabError(f"cannot build {config.model} with options {config.model_kwargs}: {e}") from None
 

@@ -5,7 +5,16 @@
 """
 
 from .complexity import count_macs, count_params
-from .registry import ModelEntry, aliases, create, get_entry, list_models, register_alias, register_model
+from .registry import (
+    ModelEntry,
+    aliases,
+    build_model,
+    create,
+    get_entry,
+    list_models,
+    register_alias,
+    register_model,
+)
 
 # Importing a family's file registers its networks.
 from . import (  # noqa: E402,F401  isort: skip
@@ -37,6 +46,6 @@ def from_pretrained(repo_or_path, **kwargs):
 
 
 __all__ = [
-    "ModelEntry", "aliases", "count_macs", "count_params", "create", "from_pretrained", "get_entry", "list_models",
-    "register_alias", "register_model",
+    "ModelEntry", "aliases", "build_model", "count_macs", "count_params", "create", "from_pretrained", "get_entry",
+    "list_models", "register_alias", "register_model",
 ]

@@ -42,7 +42,7 @@ from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
 from ..io import atomic_open, read_json, read_json_lines, write_json
-from ..models import count_macs, count_params, create
+from ..models import build_model, count_macs, count_params
 from ..models.complexity import MAC_CONVENTION
 from .checkpoint import find_latest, save_checkpoint
 from .loop import EpochStats, NonFiniteLossError, Training, make_train_step, train_epoch
@@ -259,13 +259,7 @@ def _run_data(cfg: TrainConfig, accelerator: Accelerator, data: CifarData | None
 
 
 def _create_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    try:
-        return create(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
-    except ValueError as e:  # a constructor rejecting a model_kwargs value (e.g. depth 7) is the user's to fix
-        if not cfg.model_kwargs:
-            raise
-        raise CifarlabError(f"model {cfg.model!r} rejects model_kwargs {cfg.model_kwargs}: "
-                            f"{str(e).splitlines()[0]}") from None
+    return build_model(cfg.model, num_classes, cfg.model_kwargs)  # model_kwargs checked and sized first
 
 
 def _loaders(cfg: TrainConfig, data: CifarData, device: torch.device, rank: int,

@@ -16,7 +16,7 @@ from ..data import DeviceLoader, load_data
 from ..data.meta import DATASETS
 from ..data.testset import load_test_set
 from ..io import read_json, write_json
-from ..models import create
+from ..models import build_model
 from .checkpoint import check_weights, find_latest
 from .metrics import autocast_context, autocast_dtype, correctness_string, evaluate, per_class_accuracy
 
@@ -32,7 +32,7 @@ def load_run_model(run_dir: Path, use_ema: bool = True, device: str | torch.devi
         raise CifarlabError(f"{run_dir} has no intact checkpoint")
     epoch, path, _ = found
     try:
-        model = create(cfg.model, num_classes=DATASETS[cfg.dataset].num_classes, **cfg.model_kwargs)
+        model = build_model(cfg.model, DATASETS[cfg.dataset].num_classes, cfg.model_kwargs)
     except (TypeError, ValueError) as e:
         raise CifarlabError(f"{cfg_path}: cannot build {cfg.model} with options {cfg.model_kwargs}: {e}") from None
     weights = path / "ema.safetensors" if use_ema and (path / "ema.safetensors").is_file() else path / "model.safetensors"
