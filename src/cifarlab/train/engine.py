@@ -212,7 +212,12 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
                                sample=_first_batch(train_loader, start_epoch) if graph else None,
                                checkpoint=found[1] if found else None)
     history = _start_history(training, accelerator)
-    start_tracking(accelerator, cfg, files.root, resumed_epoch=start_epoch - 1)
+    try:
+        start_tracking(accelerator, cfg, files.root, resumed_epoch=start_epoch - 1)
+    except CifarlabError:
+        if main and not resuming:  # no epoch yet: remove the folder begun above, so the same command can run again
+            shutil.rmtree(files.root, ignore_errors=True)
+        raise
     eval_model, autocast = training.eval_model, autocast_context(device, training.step.autocast_dtype)
     accelerator.print(_header(cfg, data, params, macs, world, device, training))
     for epoch in range(start_epoch, cfg.epochs + 1):
