@@ -12,7 +12,7 @@
 #               benchmarks.bench_augment, then the compiled path if time is left; speed comes from one process alone
 #   3 resnet20  ResNet-20 on --data with its recipe (batch 512), --seeds seeds at once as separate processes
 #   4 resnet56  the same for ResNet-56
-#   5 study     the ResNet-20 part of studies/eca.yaml at --study-epochs epochs, one process per run
+#   5 study     the ResNet-20 part of the shipped study eca at --study-epochs epochs, one process per run
 # Out: steps.jsonl (one line per step: status, seconds, limit), <step>/ with logs, benchmark JSON, summary.json
 # (final top-1 per run) and records/ (config.json, metrics.jsonl, result.json, study.json; no checkpoints),
 # ready to be copied under results/. --dry-run rehearses every step on the CPU: synthetic data, 1 epoch, tiny
@@ -189,14 +189,14 @@ step_study() {
   local t0 lim pids=() rc=0 n
   t0=$(date +%s); lim=$(limit 2 0)
   mkdir -p "$OUT/study/logs"
-  local study=(studies/eca.yaml --variants "$STUDY_VARIANTS" --out "$WORK/study" --set "data=$DATA"
+  local study=(eca --variants "$STUDY_VARIANTS" --out "$WORK/study" --set "data=$DATA"
                --set "epochs=$STUDY_EPOCHS")
   [ "$DRY" = 1 ] && study+=(--set batch_size=50 --set eval_batch_size=50)
   if [ "$DRY" = 1 ]; then
     n=2  # two processes rehearse the sharding
   else  # one process per run: every variant x seed at once
     n=$("$PYTHON" -c 'import sys; from cifarlab.studies.spec import load_study
-print(len(load_study(sys.argv[1]).select([sys.argv[2]]).runs()))' studies/eca.yaml "$STUDY_VARIANTS") || n=1
+print(len(load_study(sys.argv[1]).select([sys.argv[2]]).runs()))' eca "$STUDY_VARIANTS") || n=1
   fi
   for i in $(seq 0 $(( n - 1 ))); do
     timed "$lim" "$OUT/study/logs/shard$i.log" "$PYTHON" -m cifarlab.cli study run "${study[@]}" \

@@ -61,7 +61,8 @@ class Cluster:
                "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--node-ip-address=127.0.0.1",
                f"--ray-client-server-port={_free_port()}", f"--temp-dir={self.temp}", "--disable-usage-stats"]
         env = {**os.environ, **self.env, "CIFARLAB_CACHE": str(self.temp / "cache"), "HF_HUB_OFFLINE": "1",
-               "HF_DATASETS_OFFLINE": "1"}
+               "HF_DATASETS_OFFLINE": "1", "CIFARLAB_PLUGINS": "crash_attention",  # the workers' 'crash' attention
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
         self.log = self.temp / "head.log"
         self.proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=self.log.open("w"),
                                      stderr=subprocess.STDOUT)
@@ -265,7 +266,8 @@ def test_killed_worker_is_retried_and_its_run_resumes_to_the_same_record(cluster
 
 def test_failing_run_is_recorded_after_its_retries_and_not_retried_unless_asked(cluster, driver, tmp_path, capsys):
     log, lines = driver
-    bad_overrides = {"bad": {"depth": "eight"}, "refused": {"no_such_kwarg": 1}}  # a TypeError; a CifarlabError
+    # a RuntimeError in the forward pass (tests/crash_attention.py, on the workers only); a CifarlabError
+    bad_overrides = {"bad": {"attention": "crash"}, "refused": {"no_such_kwarg": 1}}
     study = {**TINY, "name": "broken", "seeds": 1, "budget": {"epochs": 1}, "baseline": "ok",
              "variants": [{"name": name, "model": "resnet20", "overrides": {"model_kwargs": kw}}
                           for name, kw in bad_overrides.items()] + [{"name": "ok", "model": "resnet20"}]}
@@ -274,7 +276,7 @@ def test_failing_run_is_recorded_after_its_retries_and_not_retried_unless_asked(
     assert [o.status for o in outcomes] == ["failed", "failed", "finished"], lines
     bad, refused = out / "broken/bad/seed0", out / "broken/refused/seed0"
     err = json.loads((bad / "error.json").read_text())
-    assert "unsupported operand" in err["error"] and err["attempts"] == 2 and err["executor"] == "ray"
+    assert "simulated crash" in err["error"] and err["attempts"] == 2 and err["executor"] == "ray"
     assert len(json.loads((bad / ATTEMPTS_FILE).read_text())) == 2, "the first try and K = 1 retry, resumed"
     assert any("FAILED  broken/bad/seed0 after 2 attempts" in line for line in lines), lines
     err = json.loads((refused / "error.json").read_text())

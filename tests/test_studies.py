@@ -28,9 +28,9 @@ from cifarlab.data.policies import (
 from cifarlab.models import get_entry, list_models
 from cifarlab.models.convnext import modernization_steps
 from cifarlab.studies import load_study, parse_study, run_state, run_study, shard_runs, study_summary
+from cifarlab.studies.spec import shipped_studies
 from cifarlab.train.optim import build_optimizer, build_scheduler
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
 TINY_BASE = {"model_kwargs": {"depth": 8}, "data": "synthetic:300:100", "batch_size": 50, "lr": 0.1,
              "warmup_epochs": 0}
 
@@ -110,37 +110,59 @@ def test_shards_partition_the_runs(count):
 
 def test_shipped_studies_validate_and_expand():
     counts = {}
-    for path in sorted(STUDIES.glob("*.yaml")):
-        study = load_study(path)
+    for name, file in shipped_studies().items():
+        study = load_study(name)
         runs = study.runs()
+        assert study.name == name, f"{file.name}: a shipped study is named as its file, so `study run {name}` " \
+                                   f"writes <out>/{name}"
         assert len({r.run_id for r in runs}) == len(runs) > 0
-        assert all(v.baseline in study.names for v in study.variants), path
+        assert all(v.baseline in study.names for v in study.variants), name
         counts[study.name] = len(runs)
     assert set(counts) == {"comparison", "eca", "ghost", "convnext", "ghost_eca", "tricks", "fast_vs_eager",
                            "time_to_accuracy"}
-    paths = {r.variant: r.config.cuda_graph for r in load_study(STUDIES / "fast_vs_eager.yaml").runs()}
+    paths = {r.variant: r.config.cuda_graph for r in load_study("fast_vs_eager").runs()}
     assert paths == {"eager": "off", "cuda_graph": "on"}, "YAML's bare on/off must reach the config as words"
-    tta = load_study(STUDIES / "time_to_accuracy.yaml").runs()
+    tta = load_study("time_to_accuracy").runs()
     assert {(r.config.model, r.config.epochs, r.config.batch_size) for r in tta} == {("resnet20", 200, 512),
                                                                                      ("resnet20", 150, 512)}
-    comparison = load_study(STUDIES / "comparison.yaml")
+    comparison = load_study("comparison")
     methods = {m for m in list_models() if get_entry(m).family != "convnext_ablation"}
     assert {v.model for v in comparison.variants} == methods, "the comparison covers every registered method"
     assert {v.baseline for v in comparison.variants} == {"resnet56", "resnet18"}
     assert all(get_entry(v.model).tier == get_entry(v.baseline).tier for v in comparison.variants)
-    assert load_study(STUDIES / "convnext.yaml").names == modernization_steps()
-    tricks = load_study(STUDIES / "tricks.yaml")
+    assert load_study("convnext").names == modernization_steps()
+    tricks = load_study("tricks")
     assert tricks.configs["lr-halve-every-5", 0].schedule == "step"
     assert {tricks.configs[f"aug-{a}", 0].augment.policy for a in ("trivialaugment", "autoaugment")} == \
         {"trivialaugment", "autoaugment"}
     # each shipped variant's model builds with its kwargs (checked on the small ones; the plan checks all)
     from cifarlab.models import create
     for name in ("eca_resnet20-after", "eca_resnet18-k7"):
-        v = load_study(STUDIES / "eca.yaml").variant(name)
+        v = load_study("eca").variant(name)
         create(v.model, **v.overrides.get("model_kwargs", {}))
     for name in ("ghost_eca", "ghost", "tricks"):
-        for v in load_study(STUDIES / f"{name}.yaml").variants:
+        for v in load_study(name).variants:
             create(v.model, **v.overrides.get("model_kwargs", {}))
+
+
+def test_studies_by_name_and_path(tmp_path, monkeypatch, capsys):
+    """A shipped study is named on the command line (``study list`` names them); a file path works as before;
+    a name that is neither is one line naming the shipped studies and the close ones."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in shipped_studies())
+    assert "15 x 3" in out and "none vs ECA vs SE" in out, "eca: variants x seeds and the first line of its question"
+    assert main(["study", "plan", "eca", "--out", "runs", "--variants", "resnet20"]) == 0
+    assert "study eca (shipped study eca): 1 variants x 3 seeds = 3 runs" in capsys.readouterr().out
+    file = _write(tmp_path / "tiny.yaml", _tiny_study())
+    assert main(["study", "plan", str(file), "--out", "runs"]) == 0
+    assert f"study tiny ({file})" in capsys.readouterr().out
+    assert main(["study", "table", "studies/eca.yaml", "--out", "runs"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: studies/eca.yaml is neither a study file nor a shipped study (comparison, ")
+    assert "did you mean eca" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
 
 
 # ---- running ----

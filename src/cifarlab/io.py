@@ -118,18 +118,24 @@ def load_yaml(source: str | bytes, error: str) -> Any:
         raise CifarlabError(error + (f" (line {mark.line + 1})" if mark else "")) from None
     except RecursionError:
         raise CifarlabError(f"{error} (nested too deeply)") from None
+    if count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:  # aliases share nodes: small until a reader walks them
+        raise CifarlabError(f"{error} (more than {MAX_YAML_VALUES:,} values once its aliases are expanded)")
+    return value
+
+
+def count_values(value: Any, limit: int) -> int:
+    """The values in a parsed YAML or JSON document (a mapping counts itself, its keys and its values), counted
+    with shared nodes once per reference (as a reader walks them) and up to ``limit + 1`` only."""
     stack, count = [value], 0
-    while stack:  # aliases share nodes, so "billion laughs" documents are small until a reader walks them
+    while stack and count <= limit:
         x = stack.pop()
         count += 1
-        if count > MAX_YAML_VALUES:
-            raise CifarlabError(f"{error} (more than {MAX_YAML_VALUES:,} values once its aliases are expanded)")
         if isinstance(x, dict):
             stack.extend(x.keys())
             stack.extend(x.values())
         elif isinstance(x, list):
             stack.extend(x)
-    return value
+    return count
 
 
 def sha256_file(path: str | Path) -> str:

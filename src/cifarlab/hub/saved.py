@@ -133,15 +133,6 @@ def load_pretrained(repo_or_path: str | Path, *, device: str | torch.device = "c
     return _load_folder(download(repo_id, revision, token, HUB_PATTERNS), f"hf://{repo_id}", device)
 
 
-def build_model(config: HubConfig) -> nn.Module:
-    from ..models import create
-
-    try:
-        return create(config.model, num_classes=config.num_classes, **config.model_kwargs)
-    except (TypeError, ValueError) as e:
-        raise CifarlabError(one_line(f"cannot build {config.model} with options {config.model_kwargs}: {e}")) from None
-
-
 def read_hub_config(folder: RunFolder, where: str) -> HubConfig:
     """A saved model's ``config.json``, validated."""
     if not folder.is_file(CONFIG_FILE):
@@ -184,7 +175,9 @@ def _load_folder(folder: RunFolder, where: str, device: str | torch.device) -> P
         files = weight_files(folder, where)
     except UnsafeRunFile as e:
         raise CifarlabError(str(e)) from None
-    model = build_model(config)
+    from ..models import build_model
+
+    model = build_model(config.model, config.num_classes, config.model_kwargs)
     check_weights(model, files, where)
     try:
         load_torch_model(model, folder.root, strict=True, map_location=str(device))

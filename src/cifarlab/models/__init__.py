@@ -5,7 +5,16 @@
 """
 
 from .complexity import count_macs, count_params
-from .registry import ModelEntry, aliases, create, get_entry, list_models, register_alias, register_model
+from .registry import (
+    ModelEntry,
+    aliases,
+    build_model,
+    create,
+    get_entry,
+    list_models,
+    register_alias,
+    register_model,
+)
 
 # Importing a family's file registers its networks.
 from . import (  # noqa: E402,F401  isort: skip
@@ -24,6 +33,6 @@ for _alias, _target in {
 
 
 __all__ = [
-    "ModelEntry", "aliases", "count_macs", "count_params", "create", "get_entry", "list_models",
+    "ModelEntry", "aliases", "build_model", "count_macs", "count_params", "create", "get_entry", "list_models",
     "register_alias", "register_model",
 ]

@@ -1,4 +1,4 @@
-"""``cifarlab study plan|run|table``: the CLI of the study runner."""
+"""``cifarlab study list|plan|run|table``: the CLI of the study runner."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from ..config import set_overrides
 from . import stats
 from .ray_executor import DEFAULT_MAX_RETRIES
 from .runner import plan_lines, records_in, run_study, study_records
-from .spec import Study, load_study, parse_shard
+from .spec import DEFAULT_MAX_RUNS, Study, load_study, parse_shard, shipped_studies
 from .table import format_table, summary_table
+
+STUDY_HELP = "a shipped study by name (cifarlab study list) or a study YAML file"
 
 
 def _study(args: argparse.Namespace) -> Study:
     patterns = [p.strip() for p in args.variants.split(",") if p.strip()] if args.variants else None
-    return load_study(args.file, set_overrides(args.set)).select(patterns)
+    return load_study(args.file, set_overrides(args.set), args.max_runs).select(patterns)
 
 
 def _target(args: argparse.Namespace) -> float:
@@ -26,6 +28,23 @@ def _target(args: argparse.Namespace) -> float:
     if not args.detect > 0:
         raise CifarlabError(f"--detect must be a positive difference in points of top-1, got {args.detect}")
     return args.detect / 100
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The shipped studies: name, variants x seeds, the first line of the description."""
+    rows = []
+    for name in shipped_studies():
+        study = load_study(name)
+        rows.append({"name": name, "variants": len(study.variants), "seeds": len(study.seeds),
+                     "description": study.description.strip().splitlines()[0] if study.description.strip() else ""})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'study':<18} {'variants x seeds':>16}  question")
+    for r in rows:
+        print(f"{r['name']:<18} {r['variants']:>8} x {r['seeds']:<5}  {r['description']}")
+    print("(cifarlab study plan NAME lists the runs; a study file of your own is given by its path)")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -97,28 +116,35 @@ def add_commands(sub) -> None:
     ss = s.add_subparsers(dest="study_command", required=True)
 
     def common(p: argparse.ArgumentParser, file_help: str) -> None:
-        p.add_argument("file", help=file_help)
+        p.add_argument("file", metavar="STUDY", help=file_help)
         p.add_argument("--out", default="runs", help="folder that holds the study folders (default: runs)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="override a config field in every run, e.g. --set epochs=30 (changes the runs' configs)")
         p.add_argument("--variants", metavar="PATTERNS",
                        help="comma-separated shell patterns of variant names, e.g. 'resnet20*,eca_resnet20*' "
                             "(their baselines are included)")
+        p.add_argument("--max-runs", type=int, default=DEFAULT_MAX_RUNS, metavar="N",
+                       help=f"refuse a study of more than N runs, counted before it is expanded "
+                            f"(default {DEFAULT_MAX_RUNS:,})")
 
     def detect(p: argparse.ArgumentParser) -> None:
         p.add_argument("--detect", type=float, default=100 * stats.TARGET_DIFFERENCE, metavar="PP",
                        help="difference of top-1 (points) to size the design for: the seeds it needs at "
                             f"{100 * stats.POWER:.0f}%% power (default {100 * stats.TARGET_DIFFERENCE:g})")
 
+    ls = ss.add_parser("list", help="the shipped studies: name, variants x seeds, question")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+
     p = ss.add_parser("plan", help="list the runs, which are done, the device time left, and what the seeds can "
                                    "detect")
-    common(p, "study YAML file")
+    common(p, STUDY_HELP)
     p.add_argument("--shard", default="0/1", metavar="I/N", help="only shard I of N (0-based)")
     detect(p)
     p.set_defaults(func=cmd_plan)
 
     r = ss.add_parser("run", help="run what is missing: skip finished runs, resume interrupted ones, record failures")
-    common(r, "study YAML file")
+    common(r, STUDY_HELP)
     r.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run shard I of N (0-based): every N-th run starting at I; shards' folders merge by copying")
     r.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch and per-run lines only)")
@@ -139,7 +165,7 @@ def add_commands(sub) -> None:
     r.set_defaults(func=cmd_run)
 
     t = ss.add_parser("table", help="mean ± std per variant and Δ vs the baseline with a 95%% CI")
-    common(t, "study YAML file, or a study folder <out>/<study>")
+    common(t, STUDY_HELP + ", or a study folder <out>/<study>")
     t.add_argument("--baseline", help="compare every variant with this one instead of the file's baselines")
     t.add_argument("--json", action="store_true", help="print the rows as JSON")
     detect(t)

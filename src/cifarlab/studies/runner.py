@@ -106,7 +106,7 @@ def train_images(run: StudyRun) -> int:
 def _macs(run: StudyRun, cache: dict[str, int | str]) -> int | str:
     """Forward MACs of the run's model (100 classes), or the error building it raised (cached per model + kwargs).
     A model at its registry options needs no build: the catalogue has its MACs."""
-    from ..models import count_macs, create
+    from ..models import build_model, count_macs
 
     key = f"{run.config.model}:{sorted(run.config.model_kwargs.items())!r}"
     if key not in cache and not run.config.model_kwargs:
@@ -116,7 +116,7 @@ def _macs(run: StudyRun, cache: dict[str, int | str]) -> int | str:
             cache[key] = f"{type(e).__name__}: {e}"
     if cache.get(key) is None:
         try:
-            cache[key] = count_macs(create(run.config.model, num_classes=100, **run.config.model_kwargs))
+            cache[key] = count_macs(build_model(run.config.model, 100, run.config.model_kwargs))
         except Exception as e:  # a bad model kwarg: the plan reports it before any device time is spent
             cache[key] = f"{type(e).__name__}: {e}"
     return cache[key]

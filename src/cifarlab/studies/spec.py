@@ -5,7 +5,7 @@ A study file::
     name: eca                        # the study's folder under --out
     description: ECA vs SE ...       # free text
     base:                            # TrainConfig overrides shared by every run
-      data: ../shared/data/cifar100
+      data: uoft-cs/cifar100         # or a local copy (any --data PATH of cifarlab train)
     budget:                          # the fair budget: merged into base; no variant may override these fields
       epochs: 200
     seeds: 3                         # a count (0, 1, 2) or a list [0, 1, 2]
@@ -25,13 +25,21 @@ Each variant's config is ``build_config`` of base <- budget <- variant overrides
 model's registry recipe sits under all of it, as for ``cifarlab train``. Runs are
 variant x seed; run ``<study>/<variant>/seed<k>`` lives in ``<out>/<study>/<variant>/seed<k>``,
 a normal run folder, so shards' folders copied together form one study.
+
+The studies that come with cifarlab are package data (``shipped/``), loaded by name (``eca``) as well as
+any study file by path. A study is bounded before it is expanded: at most ``max_runs`` runs (variants x
+seeds, counted from the declared lists; ``--max-runs`` raises it) and at most ``MAX_CONFIG_VALUES`` values in
+any run's config, and every check over the variants is linear in their number.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +47,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .. import CifarlabError
 from ..config import AugmentConfig, TrainConfig, build_config, format_validation_error
-from ..io import load_yaml
+from ..io import count_values, load_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$"
+MAX_NAME = 128  # characters of a study or variant name: each names a folder
 MAX_SEEDS = 1000
+DEFAULT_MAX_RUNS = 10_000  # variants x seeds of one study; --max-runs raises it
+MAX_CONFIG_VALUES = 1_000  # values in one run's overrides (base + budget + variant + --set); a config has ~40 fields
 
 
 class VariantSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     model: str | None = Field(None, description="registered model name; default: base.model")
     overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig overrides for this variant")
     baseline: str | None = Field(None, description="variant this one is compared with; default: the study's")
@@ -65,7 +76,7 @@ class GridSpec(BaseModel):
 class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     budget: dict[str, Any] = Field(default_factory=dict)
@@ -145,11 +156,13 @@ class Study:
         if not keep:
             raise CifarlabError(f"no variant of study {self.name} matches {', '.join(patterns)}; "
                                 f"variants: {', '.join(self.names)}")
-        while True:
-            more = {self.variant(n).baseline for n in keep} - {None} - keep
-            if not more:
-                break
-            keep |= more
+        baseline = {v.name: v.baseline for v in self.variants}
+        todo = list(keep)
+        while todo:  # each variant is visited once: linear in the number of variants
+            base = baseline[todo.pop()]
+            if base is not None and base not in keep:
+                keep.add(base)
+                todo.append(base)
         variants = [v for v in self.variants if v.name in keep]
         return Study(self.name, self.description, self.seeds, variants, self.source,
                      {k: c for k, c in self.configs.items() if k[0] in keep})
@@ -206,10 +219,19 @@ def check_fields(overrides: dict[str, Any], where: str) -> None:
                                         f"(allowed: {', '.join(allowed)})")
 
 
+def _grids(spec: StudyFile) -> list[GridSpec]:
+    return spec.grid if isinstance(spec.grid, list) else [spec.grid] if spec.grid else []
+
+
+def _declared_variants(spec: StudyFile) -> int:
+    """The number of variants, counted from the declared lists before anything is expanded."""
+    return len(spec.variants) + sum(len(g.models) * (1 if g.overrides is None else len(g.overrides))
+                                    for g in _grids(spec))
+
+
 def _expand_variants(spec: StudyFile) -> list[VariantSpec]:
     out = list(spec.variants)
-    grids = spec.grid if isinstance(spec.grid, list) else [spec.grid] if spec.grid else []
-    for g in grids:
+    for g in _grids(spec):
         sets = g.overrides if g.overrides is not None else {"": {}}
         for model in g.models:
             for set_name, over in sets.items():
@@ -221,8 +243,34 @@ def _expand_variants(spec: StudyFile) -> list[VariantSpec]:
     return out
 
 
-def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None = None) -> Study:
-    """Validate a study mapping and build every run's config; ``extra`` overrides apply to every run last."""
+def _check_size(spec: StudyFile, source: str, extra: dict[str, Any], max_runs: int) -> None:
+    """Refuse a study past ``max_runs`` runs, or with a run config of more than MAX_CONFIG_VALUES values, before
+    any run is expanded (a few lines of grid can declare millions of runs)."""
+    variants = _declared_variants(spec)
+    runs = variants * len(spec.seeds)
+    if runs > max_runs:
+        raise CifarlabError(f"{source}: {variants:,} variants x {len(spec.seeds)} seeds = {runs:,} runs, more than "
+                            f"the limit of {max_runs:,} runs per study; raise it with --max-runs {runs}")
+    shared = sum(count_values(over, MAX_CONFIG_VALUES) for over in (spec.base, spec.budget, extra))
+    own = [v.overrides for v in spec.variants] + [o for g in _grids(spec) for o in (g.overrides or {}).values()]
+    if shared + max((count_values(o, MAX_CONFIG_VALUES) for o in own), default=0) > MAX_CONFIG_VALUES:
+        raise CifarlabError(f"{source}: a run's config (base, budget, overrides and --set together) holds more than "
+                            f"{MAX_CONFIG_VALUES:,} values; a training config has about 40 fields")
+
+
+def _check_names(variants: list[VariantSpec], source: str) -> set[str]:
+    """The variant names, which must be unique (counted in one pass)."""
+    dupes = sorted(n for n, k in Counter(v.name for v in variants).items() if k > 1)
+    if dupes:
+        raise CifarlabError(f"{source}: variant names must be unique; repeated: {', '.join(dupes)}")
+    return {v.name for v in variants}
+
+
+def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None = None,
+                max_runs: int = DEFAULT_MAX_RUNS) -> Study:
+    """Validate a study mapping and build every run's config; ``extra`` overrides apply to every run last.
+
+    At most ``max_runs`` runs, counted before the variants are expanded."""
     if not isinstance(raw, dict):
         raise CifarlabError(f"{source}: a study file is a mapping with name, seeds, variants ...")
     try:
@@ -232,17 +280,16 @@ def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None 
         if "unknown field" in msg:
             msg += f" (allowed: {', '.join(StudyFile.model_fields)})"
         raise CifarlabError(msg) from None
-    for where, over in (("base", spec.base), ("budget", spec.budget), ("--set", extra or {})):
+    extra = extra or {}
+    for where, over in (("base", spec.base), ("budget", spec.budget), ("--set", extra)):
         check_fields(over, f"{source} {where}")
         if "seed" in over:
             raise CifarlabError(f"{source} {where}: seeds come from the study's 'seeds' list, not a 'seed' field")
+    _check_size(spec, source, extra, max_runs)
     variants = _expand_variants(spec)
     if not variants:
         raise CifarlabError(f"{source}: no variants (give 'variants' and/or 'grid')")
-    names = [v.name for v in variants]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CifarlabError(f"{source}: variant names must be unique; repeated: {', '.join(dupes)}")
+    names = _check_names(variants, source)
     budget_keys = _leaf_keys(spec.budget)
     shared = deep_merge(spec.base, spec.budget)
     study = Study(spec.name, spec.description, spec.seeds, [], source)
@@ -262,9 +309,9 @@ def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None 
             raise CifarlabError(f"{where}: no model (give 'model:' or set base.model)")
         baseline = vs.baseline or spec.baseline
         if baseline is not None and baseline not in names:
-            raise CifarlabError(f"{where}: baseline {baseline!r} is not a variant{_did_you_mean(baseline, names)}")
-        overrides = deep_merge(deep_merge(shared, vs.overrides), {"model": model})
-        overrides = deep_merge(overrides, extra or {})
+            raise CifarlabError(f"{where}: baseline {baseline!r} is not a variant"
+                                f"{_did_you_mean(baseline, sorted(names))}")
+        overrides = deep_merge(deep_merge(deep_merge(shared, vs.overrides), {"model": model}), extra)
         study.variants.append(Variant(vs.name, model, overrides, baseline))
         for seed in spec.seeds:
             try:
@@ -274,13 +321,26 @@ def parse_study(raw: Any, source: str = "<study>", extra: dict[str, Any] | None 
     return study
 
 
-def load_study(path: str | Path, extra: dict[str, Any] | None = None) -> Study:
-    """Read and validate a study file (see the module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CifarlabError(f"study file {path} does not exist")
-    raw = load_yaml(path.read_bytes(), f"{path}: not valid YAML")
-    return parse_study(raw, str(path), extra)
+def shipped_studies() -> dict[str, Traversable]:
+    """The study files that come with cifarlab, by name (the file name without ``.yaml``), sorted."""
+    folder = resources.files(__package__) / "shipped"
+    return {f.name.removesuffix(".yaml"): f for f in sorted(folder.iterdir(), key=lambda f: f.name)
+            if f.name.endswith(".yaml")}
+
+
+def load_study(file: str | Path, extra: dict[str, Any] | None = None, max_runs: int = DEFAULT_MAX_RUNS) -> Study:
+    """Read and validate a study file, or a shipped study by name (``eca``); see the module docstring."""
+    path = Path(file)
+    if path.is_file():
+        raw, source = load_yaml(path.read_bytes(), f"{path}: not valid YAML"), str(path)
+    else:
+        shipped = shipped_studies()
+        if str(file) not in shipped:
+            raise CifarlabError(f"{file} is neither a study file nor a shipped study ({', '.join(shipped)})"
+                                f"{_did_you_mean(path.stem, list(shipped))}")
+        source = f"shipped study {file}"
+        raw = load_yaml(shipped[str(file)].read_bytes(), f"{source}: not valid YAML")
+    return parse_study(raw, source, extra, max_runs)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from .. import CifarlabError
 from ..config import TrainConfig
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
 from ..environment import environment
-from ..models import count_macs, count_params, create
+from ..models import build_model, count_macs, count_params
 from ..models.complexity import MAC_CONVENTION
 from ..run import Checkpoint, RunFolder, hold_lock, newest_intact, read_metrics, run_status
 from ..run.folder import CONFIG, ERROR, METRICS, RESULT, TENSORBOARD
@@ -122,6 +122,7 @@ class Session:
     data: CifarData
     wall_start: float
     graph: bool = False  # the step runs as one CUDA graph
+    fresh: bool = False  # this call made the run folder (nothing of an earlier session is in it)
 
     @property
     def main(self) -> bool:
@@ -157,9 +158,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     graph = _use_cuda_graph(cfg, accelerator.device, accelerator.num_processes)
     session = Session(cfg, folder, accelerator, _run_data(cfg, accelerator, data), wall_start, graph)
     _set_determinism(cfg)
-    model = _create_model(cfg, session.data.num_classes)
+    model = build_model(cfg.model, session.data.num_classes, cfg.model_kwargs)  # options checked and sized first
     if session.main:  # only now, with data and model known to be good, does the run folder appear
-        _prepare_run_dir(folder, cfg, resume, overwrite)
+        session.fresh = _prepare_run_dir(folder, cfg, resume, overwrite)
     accelerator.wait_for_everyone()
     with hold_lock(folder) if session.main else contextlib.nullcontext():
         if session.main:
@@ -188,7 +189,12 @@ def _train(session: Session, model: torch.nn.Module, resume: bool, progress: boo
                                forward=forward, sample=_first_batch(train_loader, start_epoch) if session.graph else None,
                                checkpoint=checkpoint)
     history = _start_history(training, session, checkpoint)
-    start_tracking(session.accelerator, cfg, folder, resumed_epoch=start_epoch - 1)
+    try:
+        start_tracking(session.accelerator, cfg, folder, resumed_epoch=start_epoch - 1)
+    except CifarlabError:
+        if session.fresh:  # no epoch yet: remove the folder begun above, so that the same command can run again
+            shutil.rmtree(folder.root, ignore_errors=True)
+        raise
     autocast = autocast_context(device, training.step.autocast_dtype)
     session.accelerator.print(_header(session, params, macs, training))
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -233,8 +239,9 @@ def _finished_record(folder: RunFolder, cfg: TrainConfig) -> dict | None:
     return status.record if status.state == "done" else None
 
 
-def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Create the run folder, replace it (``overwrite``) or keep it to resume (the same config only)."""
+def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
+    """Create the run folder, replace it (``overwrite``) or keep it to resume (the same config only); returns
+    whether it was made afresh."""
     root = folder.root
     if root.exists() and any(root.iterdir()):
         folder.check_layout()
@@ -250,8 +257,9 @@ def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrit
                 raise CifarlabError(f"--resume: the config differs from the saved run in "
                                     f"{status.detail.removeprefix('the folder holds a run with different ')}; "
                                     f"use --overwrite to start again")
-            return
+            return False
     folder.write_json(CONFIG, obj=cfg.model_dump(mode="json"))
+    return True
 
 
 def _accelerator(cfg: TrainConfig, folder: RunFolder) -> Accelerator:
@@ -309,16 +317,6 @@ def _run_data(cfg: TrainConfig, accelerator: Accelerator, data: CifarData | None
         raise CifarlabError(f"batch_size {cfg.batch_size} is larger than the training split per process "
                             f"({per_process} images)")
     return data
-
-
-def _create_model(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    try:
-        return create(cfg.model, num_classes=num_classes, **cfg.model_kwargs)
-    except ValueError as e:  # a constructor rejecting a model_kwargs value (e.g. depth 7) is the user's to fix
-        if not cfg.model_kwargs:
-            raise
-        raise CifarlabError(f"model {cfg.model!r} rejects model_kwargs {cfg.model_kwargs}: "
-                            f"{str(e).splitlines()[0]}") from None
 
 
 def _loaders(session: Session) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:

@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..data import DeviceLoader, load_data
 from ..data.meta import DATASETS
 from ..data.testset import load_test_set
-from ..models import create
+from ..models import build_model
 from ..run import RunFolder, newest_intact, read_config, read_result
 from ..run.checkpoints import EMA_WEIGHTS, WEIGHTS
 from ..run.folder import EVALS, RESULT
@@ -31,11 +31,7 @@ def load_run_model(run_dir: str | Path, use_ema: bool = True, device: str | torc
     found = newest_intact(folder)
     if found is None:
         raise CifarlabError(f"{folder} has no intact checkpoint")
-    try:
-        model = create(cfg.model, num_classes=DATASETS[cfg.dataset].num_classes, **cfg.model_kwargs)
-    except (TypeError, ValueError) as e:
-        raise CifarlabError(f"{folder}: cannot build {cfg.model} with options {cfg.model_kwargs}: "
-                            f"{' '.join(str(e).split())[:200]}") from None
+    model = build_model(cfg.model, DATASETS[cfg.dataset].num_classes, cfg.model_kwargs)
     ema = use_ema and found.has_ema
     load_weights(model, found.path / (EMA_WEIGHTS if ema else WEIGHTS), str(folder), device)
     return cfg, model.to(device).eval(), found.epoch, ema

@@ -4,7 +4,8 @@
 
 - :func:`tracker_names` before anything else: the trackers to hand to ``Accelerator(log_with=...)``; a
   requested tracker whose package is missing is refused with the line that installs it.
-- :func:`start_tracking` once the run folder exists: ``init_trackers`` with the flattened config as params;
+- :func:`start_tracking` once the run folder exists: ``init_trackers`` with the flattened config as params
+  (a tracker that cannot start is one :class:`CifarlabError`, and ``fit`` removes the run folder it began);
   the tracker run ids go to ``trackers.json`` in the run folder, and ``--resume`` passes them back
   (MLflow ``run_id``, W&B ``id`` with ``resume="allow"``), so a resumed run continues the same tracker run.
   Epochs that were checkpointed but not yet logged when the run was stopped are logged then, from
@@ -34,16 +35,26 @@ PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 SUMMARY_KEYS = ("top1", "top5", "nll", "ece", "val_top1", "val_top5", "selected_epoch", "params", "macs",
                 "train_seconds", "train_step_seconds", "images_per_second")
 ARTIFACTS = (RESULT, CONFIG, METRICS)
+MLFLOW_FILE_STORE_OPT_IN = "MLFLOW_ALLOW_FILE_STORE"  # MLflow 3 refuses a local file store without it
 
 
 def _check_mlflow_store() -> None:
-    """MLflow's default store is sqlite, which mlflow-skinny cannot open: say so before training starts."""
+    """The MLflow store, settled before training starts: its default is sqlite, which mlflow-skinny cannot
+    open; a local file store (``MLFLOW_TRACKING_URI`` a folder or ``file:`` URI, which only the user sets in
+    MLflow 3) opens only with MLflow's opt-in, given here for the store the user named unless they refused it."""
     import mlflow
+    from mlflow.utils.uri import get_uri_scheme
 
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:") and importlib.util.find_spec("sqlalchemy") is None:
         raise CifarlabError(f"MLflow's tracking store {uri} needs the full mlflow package (pip install mlflow); "
                             f"or set MLFLOW_TRACKING_URI to a tracking server (see docs/tracking.md)")
+    if get_uri_scheme(uri) in ("", "file"):
+        opt_in = os.environ.setdefault(MLFLOW_FILE_STORE_OPT_IN, "true")
+        if opt_in.strip().lower() not in ("true", "1"):
+            raise CifarlabError(f"MLflow's tracking store {uri} is a local file store, which MLflow 3 opens only "
+                                f"with {MLFLOW_FILE_STORE_OPT_IN}=true (it is {opt_in!r}); unset it, or set "
+                                f"MLFLOW_TRACKING_URI to a tracking server (see docs/tracking.md)")
 
 
 def tracker_names(cfg: TrainConfig) -> list[str]:
@@ -93,7 +104,12 @@ def start_tracking(accelerator: Accelerator, cfg: TrainConfig, folder: RunFolder
     if "wandb" in names:
         init["wandb"] = {"name": folder.name,
                          **({"id": state["wandb"], "resume": "allow"} if state.get("wandb") else {})}
-    accelerator.init_trackers(os.environ.get("CIFARLAB_PROJECT", PROJECT), config=flat_params(cfg), init_kwargs=init)
+    try:
+        accelerator.init_trackers(os.environ.get("CIFARLAB_PROJECT", PROJECT), config=flat_params(cfg),
+                                  init_kwargs=init)
+    except Exception as e:  # a server out of reach, a store or credentials refused: the user's to fix
+        raise CifarlabError(f"report_to {','.join(names)}: a tracker could not start ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no message'})") from None
     if not accelerator.is_main_process:
         return
     if "mlflow" in names:

@@ -1,4 +1,4 @@
-"""Activation layers by name (the activation switch of the training-tricks study, studies/tricks.yaml)."""
+"""Activation layers by name (the activation switch of the shipped training-tricks study, tricks)."""
 
 import torch.nn as nn
 
