@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= $(CIFARLAB_DATA)
 EPOCHS ?= 5
 
-.PHONY: demo test results venv clean
+.PHONY: demo test lint results venv clean
 
 $(BIN)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,10 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/cifarlab demo --epochs $(EPOCHS) $(if $(DATA),--data $(DATA),)
 
-test: venv
+lint: venv  # ruff (pyflakes, pycodestyle, import order, bugbear; configured in pyproject.toml)
+	$(BIN)/ruff check .
+
+test: venv lint
 	$(BIN)/python -m pytest -n 2 -q
 
 results: venv  # regenerate docs/results.md, docs/results-report/ and the README's headline from the records in results/

@@ -117,7 +117,8 @@ def table(records: list[tuple[str, dict]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in records:
         lines.append(
-            f"| `{name}` (commit {(r['environment']['git_commit'] or '?')[:10]}) | {r['environment']['device']}, {r['cpus']} CPUs, {r['runs_at_once']} runs at once x "
+            f"| `{name}` (commit {(r['environment']['git_commit'] or '?')[:10]}) | {r['environment']['device']}, "
+            f"{r['cpus']} CPUs, {r['runs_at_once']} runs at once x "
             f"{r['cpus_per_run']} CPU | {r['load_average_before'][0]} / {r['load_average_after'][0]} | {r['runs']} | "
             f"{r['serial_s']} | {r['ray_s']} | {r['ratio']} | {r['ray_start_s']} | {r['ray_stop_s']} | "
             f"{r['run_s_serial']} / {r['run_s_ray']} | {r['overhead_per_run_s']} |")

@@ -127,7 +127,8 @@ def targets_table(records: list[tuple[str, dict]], targets: dict) -> str:
 def render(records: list[tuple[str, dict]], targets: dict | None = None) -> str:
     head = targets_table(records, targets) + "\n\n" if targets else ""
     if not records:
-        return head + "No benchmark results yet: run the commands above on a GPU, then `python -m benchmarks.make_table`."
+        return head + ("No benchmark results yet: run the commands above on a GPU, then "
+                       "`python -m benchmarks.make_table`.")
     groups: dict[tuple, list[tuple[str, dict]]] = defaultdict(list)
     for name, rec in records:
         groups[group_key(rec)].append((name, rec))

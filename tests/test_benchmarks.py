@@ -31,7 +31,8 @@ def test_bench_augment_counts_whole_batches(tmp_path):
 def _record(device_type, quick, results, benchmark="train"):
     return {"benchmark": benchmark, "quick": quick, "device": "GPU X" if device_type == "cuda" else "CPU",
             "created_at": "2026-12-01T00:00:00Z", "data": "random", "epoch_images": 50_000,
-            "environment": {"device_type": device_type, "torch": "2.x", "cuda": "13" if device_type == "cuda" else None},
+            "environment": {"device_type": device_type, "torch": "2.x",
+                            "cuda": "13" if device_type == "cuda" else None},
             "results": results}
 
 

@@ -151,7 +151,7 @@ def test_crop_gathers_the_images_it_is_given_by_index():
     xp = pad_images(x.to(torch.uint8), 4).contiguous()
     idx = torch.tensor([5, 0, 5, 2])
     out = CropFlip(4, hflip=True)(xp, idx, torch.Generator().manual_seed(1))
-    for o, i in zip(out, idx.tolist()):  # the centre pixel of a 32x32 window of padded image i
+    for o, i in zip(out, idx.tolist(), strict=True):  # the centre pixel of a 32x32 window of padded image i
         src = xp[i]
         assert any(torch.equal(o, src[dy:dy + 32, dx:dx + 32].flip(1) if f else src[dy:dy + 32, dx:dx + 32])
                    for dy in range(9) for dx in range(9) for f in (0, 1))
@@ -196,8 +196,7 @@ def test_normalising_the_split_once_equals_normalising_every_crop(size):
 def test_device_loader_is_a_function_of_seed_and_epoch():
     d = load_data("cifar100", "synthetic:400:100")
     aug = BatchAugment(d.mean, d.std, 4, True, 8)
-    mk = lambda: DeviceLoader(d.train, 64, d.mean, d.std, train=True, augment=aug, seed=5)
-    a, b = mk(), mk()
+    a, b = (DeviceLoader(d.train, 64, d.mean, d.std, train=True, augment=aug, seed=5) for _ in range(2))
     a.set_epoch(3), b.set_epoch(3)
     xa, ya = next(iter(a))
     xb, yb = next(iter(b))

@@ -57,7 +57,8 @@ def test_cli_train_writes_a_complete_record(tmp_path):
 
 def test_killed_run_resumes_to_the_planned_epochs(tmp_path):
     args = ["train", "--model", "resnet20", "--set", "model_kwargs={depth: 8}", "--data", "synthetic:300:100",
-            "--epochs", "3", "--batch-size", "50", "--lr", "0.1", "--out", str(tmp_path), "--name", "r", "--no-progress"]
+            "--epochs", "3", "--batch-size", "50", "--lr", "0.1", "--out", str(tmp_path), "--name", "r",
+            "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "cifarlab.cli", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     first = tmp_path / "r" / "checkpoints" / "epoch-0001" / "manifest.json"

@@ -288,7 +288,7 @@ def test_predict_returns_the_memorised_classes(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "memo"), *images, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model"] == "resnet20"
-    for row, label in zip(out["predictions"], images.values()):
+    for row, label in zip(out["predictions"], images.values(), strict=True):
         top = row["top"]
         assert len(top) == 5 and top[0]["class"] == info.classes[label] and top[0]["index"] == label
         probs = [t["probability"] for t in top]

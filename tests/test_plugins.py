@@ -21,12 +21,16 @@ def test_my_module_on_resnet20_with_one_study_file(tmp_path):
     study["seeds"] = 1
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(study))
     env = {**os.environ, "CIFARLAB_PLUGINS": "my_block", "OMP_NUM_THREADS": "1"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "cifarlab.cli", *a], cwd=tmp_path, env=env,
-                                    capture_output=True, text=True, timeout=600)
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "cifarlab.cli", *a], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
     models = run("models", "--family", "mine", "--json")
     assert models.returncode == 0, models.stderr
     (row,) = json.loads(models.stdout)
-    assert row["name"] == "gapgate_resnet20" and row["params"] == 275_572 + 2 * 3 * (16 + 32 + 64)  # w and b per channel, 9 blocks
+    # w and b per channel, 9 blocks
+    assert row["name"] == "gapgate_resnet20" and row["params"] == 275_572 + 2 * 3 * (16 + 32 + 64)
     p = run("study", "run", "s.yaml", "--out", "runs")
     assert p.returncode == 0, p.stderr[-2000:]
     assert (tmp_path / "runs" / "my_gate" / "gapgate_resnet20" / "seed0" / "result.json").exists()

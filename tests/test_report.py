@@ -139,7 +139,7 @@ def test_written_report_numbers_match_the_records(study):
     m = re.search(r"\*\*eca8\*\* (?:adds|changes top-1 by|differs from resnet8 by) ([+-][\d.]+) points "
                   r"\(95 % CI ([+-][\d.]+)\.\.([+-][\d.]+)\)", text)
     assert m, "no sentence on eca8 against its baseline"
-    for got, key in zip(m.groups(), ("delta_top1", "ci_low", "ci_high")):
+    for got, key in zip(m.groups(), ("delta_top1", "ci_low", "ci_high"), strict=True):
         assert float(got) == pytest.approx(100 * float(eca[key]), abs=0.005)
     sentence = text[m.start():text.index("\n", m.start())]
     dparams = int(eca["params"]) - int(base["params"])

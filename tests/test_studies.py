@@ -74,7 +74,8 @@ def test_expansion_merges_base_budget_and_variant():
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s["base"].update(epochz=3), "unknown config field 'epochz'; did you mean epochs"),
-    (lambda s: s["base"].update(schedule="cosin"), "'cosine', 'linear', 'constant', 'multistep', 'step' or 'exponential'"),
+    (lambda s: s["base"].update(schedule="cosin"),
+     "'cosine', 'linear', 'constant', 'multistep', 'step' or 'exponential'"),
     (lambda s: s["base"].update(augment={"polcy": "x"}), "augment.polcy; did you mean policy"),
     (lambda s: s["variants"][0].update(model="resnet2O"), "unknown model 'resnet2O'; did you mean"),
     (lambda s: s.update(baseline="resnet9"), "baseline 'resnet9' is not a variant; did you mean resnet8"),
@@ -356,7 +357,7 @@ def test_vertical_flip_flips_rows():
     out = crop_flip(pad_images(x, 0).repeat(20, 1, 1, 1), 0, False, torch.Generator().manual_seed(0), vflip=True)
     flipped = [torch.equal(out[i], x[i % 2].flip(0)) for i in range(40)]
     same = [torch.equal(out[i], x[i % 2]) for i in range(40)]
-    assert all(f or s for f, s in zip(flipped, same)) and 5 < sum(flipped) < 35
+    assert all(f or s for f, s in zip(flipped, same, strict=True)) and 5 < sum(flipped) < 35
 
 
 def test_mixup_and_cutmix_give_soft_targets():

@@ -73,7 +73,7 @@ def reference_steps(model, data, label_smoothing=0.0, grad_clip=None, ema_decay=
         sched.step()
         if ema is not None:
             with torch.no_grad():
-                for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
+                for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
                     e.copy_(ema_decay * e + (1 - ema_decay) * m if e.is_floating_point() else m)
         loss_sum += loss.detach() * len(y)
         correct += int((logits.argmax(1) == (y if y.ndim == 1 else y.argmax(1))).sum())
@@ -162,7 +162,7 @@ def test_a_tensor_lr_follows_the_scheduler_in_place():
         sched.step()
         opt.param_groups[1]["lr"] = float(opt.param_groups[1]["lr"])  # as a float-assigning scheduler would
     step.step(*batches(1)[0])
-    assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs))
+    assert all(g["lr"] is t for g, t in zip(opt.param_groups, lrs, strict=True))
     assert seen == pytest.approx([0.1 * i / 5 for i in range(4)])  # linear warm-up from 0 over 5 steps
     assert float(lrs[1]) == pytest.approx(float(lrs[0]))
 

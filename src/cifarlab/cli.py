@@ -19,7 +19,8 @@ from .io import load_yaml
 TRAIN_FLAGS = {  # flag -> (config field, type, help)
     "--model": ("model", str, "registered model name (see `cifarlab models`)"),
     "--dataset": ("dataset", str, "cifar100 (default) or cifar10"),
-    "--data": ("data", str, "Hub id, local parquet folder, cifar-*-python folder or .tar.gz, or 'synthetic[:TRAIN[:TEST]]'"),
+    "--data": ("data", str, "Hub id, local parquet folder, cifar-*-python folder or .tar.gz, or "
+                            "'synthetic[:TRAIN[:TEST]]'"),
     "--epochs": ("epochs", int, None),
     "--batch-size": ("batch_size", int, "per process"),
     "--lr": ("lr", float, None),
@@ -51,7 +52,7 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(loaded, dict):
             raise CifarlabError(f"{path}: expected a mapping of config fields")
         over.update(loaded)
-    for flag, (field, _, _) in TRAIN_FLAGS.items():
+    for field, _, _ in TRAIN_FLAGS.values():
         v = getattr(args, field)
         if v is not None:
             over[field] = v
@@ -164,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     t.add_argument("--config", help="YAML file of config fields")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. --set augment.hflip=false")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any config field, e.g. --set augment.hflip=false")
     t.add_argument("--out", default="runs", help="folder that holds run folders (default: runs)")
     t.add_argument("--name", help="run folder name (default: MODEL-DATASET-seedSEED)")
     t.add_argument("--resume", action="store_true", help="continue the run in the run folder from its last checkpoint")

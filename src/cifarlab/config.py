@@ -47,9 +47,11 @@ class TrainConfig(BaseModel):
     model: str = "resnet20"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     dataset: Literal["cifar100", "cifar10"] = "cifar100"
-    data: str | None = Field(None, description="Hub id, local folder/tar.gz, or 'synthetic'; None = the dataset's Hub id")
+    data: str | None = Field(None, description="Hub id, local folder/tar.gz, or 'synthetic'; "
+                                               "None = the dataset's Hub id")
     val_split: int = Field(0, ge=0, description="images carved (stratified) from train for validation; 0 = none")
-    train_subset: int = Field(0, ge=0, description="train on a stratified subset of this many images (smoke runs); 0 = all")
+    train_subset: int = Field(0, ge=0, description="train on a stratified subset of this many images (smoke runs); "
+                                                   "0 = all")
     # budget
     epochs: int = Field(200, gt=0)
     batch_size: int = Field(512, gt=0, description="per process")
@@ -80,13 +82,15 @@ class TrainConfig(BaseModel):
     cuda_graph: Literal["auto", "on", "off"] = Field(
         "auto", description="replay the whole training step as one CUDA graph; auto = on for single-process CUDA "
                             "runs without compile, on = also with compile (an error where there is no CUDA device)")
-    eval_every: int = Field(1, ge=1, description="evaluate the test (and val) split every N epochs; the last epoch always")
+    eval_every: int = Field(1, ge=1, description="evaluate the test (and val) split every N epochs; "
+                                                 "the last epoch always")
     keep_checkpoints: int = Field(2, ge=1)
     nan_check_every: int = Field(50, ge=1, description="steps between host checks of the device-side non-finite flag")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: list(DEFAULT_TRACKERS), exclude_if=lambda v: v == list(DEFAULT_TRACKERS),
         description="experiment trackers, through accelerate (docs/tracking.md); a comma-separated string is "
-                    "accepted, 'none' = no tracker. Left out of the run's saved config while it is the default, so runs "
+                    "accepted, 'none' = no tracker. Left out of the run's saved config while it is the default, so "
+                    "runs "
                     "recorded before this field existed keep their config")
 
     @field_validator("report_to", mode="before")
@@ -152,7 +156,8 @@ def format_validation_error(err: ValidationError, prefix: str = "config") -> str
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_kwargs" else v
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_kwargs"
+        out[k] = _deep_merge(out[k], v) if nested else v
     return out
 
 

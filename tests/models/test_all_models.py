@@ -9,8 +9,8 @@ from cifarlab.models import count_macs, count_params, create, get_entry, list_mo
 from cifarlab.train import make_train_step
 
 MODELS = list_models()
-# Size tiers (the registry's `tier`): small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110 is the baseline
-# family's deepest member (1.73 M); Ghost(-ECA)-ResNet-20 halve ResNet-20 (0.145 M) and sit beside it.
+# Size tiers (the registry's `tier`): small 0.2-1.5 M, standard 2-30 M parameters. Documented exceptions: ResNet-110
+# is the baseline family's deepest member (1.73 M); Ghost(-ECA)-ResNet-20 halve ResNet-20 (0.145 M) and sit beside it.
 TIER_EXCEPTIONS = {"resnet110", "ghost_resnet20", "ghost_eca_resnet20"}
 
 

@@ -16,7 +16,7 @@ def _copy_in_order(src: nn.Module, dst: nn.Module) -> None:
     src_p, dst_p = list(src.parameters()), list(dst.parameters())
     assert len(src_p) == len(dst_p)
     with torch.no_grad():
-        for a, b in zip(src_p, dst_p):
+        for a, b in zip(src_p, dst_p, strict=True):
             assert a.numel() == b.numel() and a.squeeze().shape == b.squeeze().shape, (a.shape, b.shape)
             b.copy_(a.reshape(b.shape))
 
@@ -101,7 +101,7 @@ def _convnext_macs(depths, dims, num_classes=100, patch=2, img=32, kernel=7, rad
     res = [img // patch // 2**i for i in range(len(dims))]
     ks = [min(kernel, 2 * h - 1) for h in res]
     macs = 3 * patch * patch * dims[0] * res[0] ** 2
-    for i, (d, c, h, k) in enumerate(zip(depths, dims, res, ks)):
+    for i, (d, c, h, k) in enumerate(zip(depths, dims, res, ks, strict=True)):
         if i > 0:
             macs += 2 * 2 * dims[i - 1] * c * h * h
         per_block = radix * c * k * k * h * h + 2 * (c * 4 * c) * h * h

@@ -201,7 +201,7 @@ def test_ghost_eca_resnet_placements():
         assert len(units) == 18 and {m.eca_position for m in units} == {position}
         seen = set()
         for m in units:
-            m.eca.register_forward_hook(lambda mod, i, o: seen.add(i[0].shape[1]))
+            m.eca.register_forward_hook(lambda mod, i, o, seen=seen: seen.add(i[0].shape[1]))
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
         assert seen == ({8, 16, 32} if position == "intrinsic" else {16, 32, 64})
     # ECA (k = 3) in each of the 2 x 27 Ghost modules of ResNet-56

@@ -116,7 +116,7 @@ def hornet_macs(depths, dims, kernels, orders, patch=2, num_classes=100, size=32
     """Closed form: stem, per block (g^n Conv + 2 x 4C^2 MLP) x HW, 2x2 downsampling convs, head."""
     hw = (size // patch) ** 2
     total = 3 * dims[0] * patch * patch * hw
-    for i, (d, C, k, n) in enumerate(zip(depths, dims, kernels, orders)):
+    for i, (d, C, k, n) in enumerate(zip(depths, dims, kernels, orders, strict=True)):
         if i > 0:
             hw //= 4
             total += dims[i - 1] * C * 4 * hw

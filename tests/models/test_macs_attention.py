@@ -37,7 +37,7 @@ def coatnet_macs(dims, depths, strides=(1, 1, 2, 2, 2), classes=100, expand=4, s
     r = 32 // strides[0]
     macs = r * r * 9 * (3 * dims[0] + dims[0] * dims[0])  # stem: two 3x3 convs
     cin = dims[0]
-    for kind, d, n, s in zip("CCTT", dims[1:], depths[1:], strides[1:]):
+    for kind, d, n, s in zip("CCTT", dims[1:], depths[1:], strides[1:], strict=True):
         for j in range(n):
             r_in, r = r, (r // s if j == 0 else r)
             if kind == "C":

@@ -18,7 +18,8 @@ def test_resnet_params_and_macs_match_the_paper(name, shortcut, params, macs):
     m = create(name, shortcut=shortcut)
     assert count_params(m) == params
     assert count_macs(m) == macs
-    assert round(macs / 1e6, 2) == {40_556_800: 40.56, 40_818_944: 40.82, 125_491_456: 125.49, 125_753_600: 125.75}[macs]
+    assert round(macs / 1e6, 2) == {40_556_800: 40.56, 40_818_944: 40.82, 125_491_456: 125.49,
+                                    125_753_600: 125.75}[macs]
 
 
 def _closed_form_resnet_macs(n: int, num_classes: int = 100, option_b: bool = False) -> int:
@@ -26,7 +27,7 @@ def _closed_form_resnet_macs(n: int, num_classes: int = 100, option_b: bool = Fa
     macs = 9 * 3 * 16 * 32 * 32
     cin = 16
     for w, hw in ((16, 32), (32, 16), (64, 8)):
-        for j in range(n):
+        for _ in range(n):
             macs += 9 * cin * w * hw * hw + 9 * w * w * hw * hw
             if option_b and cin != w:
                 macs += cin * w * hw * hw

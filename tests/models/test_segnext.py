@@ -20,7 +20,7 @@ def msca_params(C: int, strips=(7, 11, 21), k0: int = 5) -> int:
 def test_msca_kernel_shapes_and_params(C, strips):
     m = MultiScaleConvAttention(C, strips)
     assert m.conv0.weight.shape == (C, 1, 5, 5) and m.conv0.groups == C
-    for k, strip in zip(strips, m.strips):
+    for k, strip in zip(strips, m.strips, strict=True):
         horizontal, vertical = strip
         assert horizontal.weight.shape == (C, 1, 1, k) and horizontal.groups == C
         assert vertical.weight.shape == (C, 1, k, 1) and vertical.groups == C
@@ -36,7 +36,7 @@ def test_msca_is_attention_times_input():
     x = torch.randn(2, C, 10, 10)
     a0 = F.conv2d(x, m.conv0.weight, m.conv0.bias, padding=2, groups=C)
     att = a0
-    for k, (h, v) in zip(strips, m.strips):
+    for k, (h, v) in zip(strips, m.strips, strict=True):
         s = F.conv2d(a0, h.weight, h.bias, padding=(0, k // 2), groups=C)
         att = att + F.conv2d(s, v.weight, v.bias, padding=(k // 2, 0), groups=C)
     att = F.conv2d(att, m.proj.weight, m.proj.bias)

@@ -50,5 +50,5 @@ def predict(pre: Pretrained, paths: list[str | Path], top: int = 5) -> list[dict
     probs = torch.softmax(logits.float(), 1)
     p, idx = probs.topk(min(top, pre.config.num_classes), dim=1)
     return [{"image": str(path), "top": [{"class": pre.config.classes[i], "index": i, "probability": round(q, 6)}
-                                         for q, i in zip(pr.tolist(), ix.tolist())]}
-            for path, pr, ix in zip(paths, p.cpu(), idx.cpu())]
+                                         for q, i in zip(pr.tolist(), ix.tolist(), strict=True)]}
+            for path, pr, ix in zip(paths, p.cpu(), idx.cpu(), strict=True)]

@@ -167,7 +167,7 @@ class CoAtNet(nn.Module):
         rates = iter(drop_path_rates(drop_path_rate, [sum(depths[1:])])[0])
         stages = []
         in_ch = dims[0]
-        for kind, dim, depth, stride in zip(layout, dims[1:], depths[1:], strides[1:]):
+        for kind, dim, depth, stride in zip(layout, dims[1:], depths[1:], strides[1:], strict=True):
             res //= stride
             blocks = []
             for j in range(depth):

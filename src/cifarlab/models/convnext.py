@@ -100,7 +100,7 @@ class ConvNeXt(HierarchicalTrunk):
         self.stem = patchify_stem(dims[0], patch_size)
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
             stages.append(ConvNeXtStage(
                 dims[max(i - 1, 0)], dim, depth, self.kernel_sizes[i], downsample=i > 0,
                 drop_paths=rates[i], ls_init_value=ls_init_value, radix=radix,

@@ -105,7 +105,7 @@ def csp_resnet(
     if len(depths) != len(widths):
         raise ValueError("depths and widths must have the same length")
     stages, in_ch = [], stem_width
-    for i, (d, w) in enumerate(zip(depths, widths)):
+    for i, (d, w) in enumerate(zip(depths, widths, strict=True)):
         stages.append(CrossStage(in_ch, w, 1 if i == 0 else 2, d, block, expand_ratio, bottle_ratio, cross_linear,
                                  attention, attention_kwargs, attention_position, act))
         in_ch = w

@@ -5,8 +5,8 @@ The recursive gated convolution g^n Conv (:class:`RecursiveGatedConv`) mixes spa
 n-th order gated interactions: a 1x1 projection to 2C is split into ``p0`` (C/2^(n-1)
 channels) and the rest, which one depthwise kxk conv turns into n gates of widths
 C/2^(n-1), ..., C/2, C (times alpha); then ``p_1 = p_0 * q_0`` and
-``p_{k+1} = pw_k(p_k) * q_k`` climb the widths and a 1x1 projection closes. A HorNet block is a ConvNeXt block with g^n Conv in place of the
-depthwise conv: LN -> g^n Conv -> layer scale (residual), LN -> MLP x4 -> layer scale
+``p_{k+1} = pw_k(p_k) * q_k`` climb the widths and a 1x1 projection closes. A HorNet block is a ConvNeXt block
+with g^n Conv in place of the depthwise conv: LN -> g^n Conv -> layer scale (residual), LN -> MLP x4 -> layer scale
 (residual). Orders 2/3/4/5 in the four stages, gate scale alpha = 1/3, as the paper.
 
 32x32 inputs: the stem is a 2x2/2 patchify conv instead of 4x4/4, so the stages run
@@ -61,7 +61,7 @@ class RecursiveGatedConv(nn.Module):
         p, q = torch.split(self.proj_in(x), (self.dims[0], sum(self.dims)), dim=1)
         gates = torch.split(self.dwconv(q) * self.scale, self.dims, dim=1)
         x = p * gates[0]
-        for pw, gate in zip(self.pws, gates[1:]):
+        for pw, gate in zip(self.pws, gates[1:], strict=True):
             x = pw(x) * gate
         return self.proj_out(x)
 
@@ -128,7 +128,7 @@ class HorNet(HierarchicalTrunk):
         self.stem = patchify_stem(dims[0], patch_size)
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
             down = nn.Identity() if i == 0 else ln_downsample(dims[i - 1], dim)
             blocks = [HorNetBlock(dim, orders[i], kernel_sizes[i], scale, mlp_ratio, ls_init, rates[i][j])
                       for j in range(depth)]

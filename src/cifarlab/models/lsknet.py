@@ -56,7 +56,7 @@ class LargeSelectiveKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats, u = [], x
-        for conv, reduce in zip(self.convs, self.reduce):
+        for conv, reduce in zip(self.convs, self.reduce, strict=True):
             u = conv(u)
             feats.append(reduce(u))
         cat = torch.cat(feats, dim=1)

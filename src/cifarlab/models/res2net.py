@@ -72,7 +72,7 @@ class Res2NetConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         splits = x.split(self.width, dim=1)
         outs = [self.pool(splits[0])]
-        for i, (xi, conv) in enumerate(zip(splits[1:], self.convs)):
+        for i, (xi, conv) in enumerate(zip(splits[1:], self.convs, strict=True)):
             outs.append(conv(xi if self.stage or i == 0 else xi + outs[-1]))
         return torch.cat(outs, dim=1)
 

@@ -124,7 +124,7 @@ class CifarResNet(nn.Module):
         self.stem = create_conv("conv", 3, widths[0], stride=1, act=True, act_layer=act)
         stages = []
         in_ch = widths[0]
-        for i, (n, w) in enumerate(zip(blocks_per_stage, widths)):
+        for i, (n, w) in enumerate(zip(blocks_per_stage, widths, strict=True)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1

@@ -146,7 +146,7 @@ class SpatialGatingNet(nn.Module):
             raise CifarlabError(f"unknown stem {stem!r}; choose from {list(STEMS)}")
         rates = drop_path_rates(drop_path_rate, depths)
         stages = []
-        for i, (depth, dim) in enumerate(zip(depths, dims)):
+        for i, (depth, dim) in enumerate(zip(depths, dims, strict=True)):
             down = (nn.Identity() if i == 0 else
                     nn.Sequential(nn.Conv2d(dims[i - 1], dim, 3, 2, padding=1), nn.BatchNorm2d(dim)))
             blocks = [SpatialGatingBlock(dim, units[i](dim), mlp_ratios[i], ls_init, rates[i][j]) for j in range(depth)]

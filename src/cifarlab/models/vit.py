@@ -51,7 +51,8 @@ class VisionTransformer(nn.Module):
         num_tokens = num_patches + (1 if self.cls_token is not None else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, dim))
         self.blocks = nn.Sequential(*[
-            TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, dp) for dp in drop_path_rates(drop_path_rate, [depth])[0]
+            TransformerBlock(dim, num_heads, mlp_ratio, qkv_bias, dp)
+            for dp in drop_path_rates(drop_path_rate, [depth])[0]
         ])
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes)

@@ -63,8 +63,11 @@ def _pooled(calibrations: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not calibrations or len({c.get("bins") for c in calibrations}) != 1:
         return None
     count = np.sum([c["count"] for c in calibrations], axis=0).astype(float)
-    acc = np.sum([[0.0 if a is None else a * n for a, n in zip(c["accuracy"], c["count"])] for c in calibrations], 0)
-    conf = np.sum([[0.0 if v is None else v * n for v, n in zip(c["confidence"], c["count"])] for c in calibrations],
+    def weighted(values: list, counts: list) -> list[float]:
+        return [0.0 if v is None else v * n for v, n in zip(values, counts, strict=True)]
+
+    acc = np.sum([weighted(c["accuracy"], c["count"]) for c in calibrations], 0)
+    conf = np.sum([weighted(c["confidence"], c["count"]) for c in calibrations],
                   0)
     filled = count > 0
     return count, np.where(filled, acc / np.maximum(count, 1), np.nan), np.where(filled, conf / np.maximum(count, 1),

@@ -130,8 +130,8 @@ def accuracy_bars(table: Table, stem: Path) -> list[Path]:
         ax.barh(y, means, xerr=stds, color=[_tier_color(r.variant.tier) for r in rows],
                 edgecolor=["black" if r.is_baseline else "none" for r in rows], linewidth=1.2,
                 error_kw={"elinewidth": 1, "capsize": 3}, height=0.65)
-        right = max(1.0, max(m + s for m, s in zip(means, stds)))
-        for yi, m, s in zip(y, means, stds):
+        right = max(1.0, max(m + s for m, s in zip(means, stds, strict=True)))
+        for yi, m, s in zip(y, means, stds, strict=True):
             ax.text(m + s + 0.01 * right, yi, f"{m:.2f}", va="center", fontsize=7)
         ax.set_yticks(y, [f"{r.name}  (n={r.top1.n})" for r in rows])
         ax.set_xlabel("Top-1 test accuracy (%), mean ± std over seeds")
@@ -154,7 +154,7 @@ def delta_forest(table: Table, stem: Path) -> list[Path] | None:
         fig = _figure(7.5, 1.4 + 0.32 * len(rows))
         ax = fig.add_subplot()
         y = np.arange(len(rows))[::-1]
-        for yi, r in zip(y, rows):
+        for yi, r in zip(y, rows, strict=True):
             c = r.comparison
             color = VERDICT_COLORS[c.verdict]
             ax.errorbar(100 * c.delta, yi, xerr=[[100 * max(c.delta - c.low, 0)], [100 * max(c.high - c.delta, 0)]],
@@ -178,7 +178,7 @@ def _scatter(table: Table, stem: Path, cost: Callable[[Row], float], xlabel: str
     with mpl.rc_context(STYLE):
         fig = _figure(7.5, 5.0)
         ax = fig.add_subplot()
-        for r, x, yv in zip(rows, xs, ys):
+        for r, x, yv in zip(rows, xs, ys, strict=True):
             ax.errorbar(x, yv, yerr=_pct(r.top1.std) if r.top1.std is not None else None,
                         xerr=xerr(r) if xerr else None, fmt="D" if r.is_baseline else "o",
                         color=_tier_color(r.variant.tier), ms=6, capsize=2, elinewidth=0.8, zorder=3)
@@ -270,7 +270,7 @@ def training_curves(table: Table, stem: Path) -> list[Path] | None:
         fig = _figure(12, 4.8 + 0.25 * ((len(rows) + 3) // 4))
         ax_loss, ax_acc = fig.subplots(1, 2)
         splits_seen = set()
-        for color, r in zip(colors, rows):
+        for color, r in zip(colors, rows, strict=True):
             for split in ("train", "val", "test"):
                 for ax, key, scale in ((ax_loss, f"{split}_loss", 1.0), (ax_acc, f"{split}_top1", 100.0)):
                     ep, mean, lo, hi = _mean_curve(r.variant, key)
@@ -291,7 +291,7 @@ def training_curves(table: Table, stem: Path) -> list[Path] | None:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax_acc.legend(handles=[Line2D([], [], ls=SPLIT_STYLES[s], color="black", label=SPLIT_LABELS[s])
                                for s in ("train", "val", "test") if s in splits_seen], loc="best", title="split")
-        fig.legend(handles=[Line2D([], [], color=c, lw=2, label=r.name) for c, r in zip(colors, rows)],
+        fig.legend(handles=[Line2D([], [], color=c, lw=2, label=r.name) for c, r in zip(colors, rows, strict=True)],
                    loc="outside lower center", ncol=min(4, len(rows)), title="variant")
         shown = "" if len(rows) == n_total else f" ({len(rows)} of {n_total} variants: baselines and the best)"
         fig.suptitle(f"Training curves — {table.title}{shown}")
@@ -311,7 +311,7 @@ def superclass_mapping(record: dict) -> np.ndarray | None:
         acc = [(labels[coarse == c] == preds[coarse == c]).mean() if (coarse == c).any() else None
                for c in range(20)]
         if all((a is None and s is None) or (a is not None and s is not None and abs(a - s) < 1e-3)
-               for a, s in zip(acc, sup)):
+               for a, s in zip(acc, sup, strict=True)):
             return mapping
     return None
 

@@ -179,7 +179,7 @@ def build_tables(runs: list[FinishedRun], requested_baselines: list[str] | None 
                                          for v in members], records)
         by_name = {v.name: v for v in members}
         rows = []
-        for v, st in zip(members, stat_rows):
+        for v, st in zip(members, stat_rows, strict=True):
             base = baselines[v.name]
             rows.append(Row(
                 v, top1=MeanStd(st["top1_mean"], st["top1_std"], st["n_seeds"]),

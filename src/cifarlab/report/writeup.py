@@ -334,10 +334,10 @@ def errors(section: Section, w: Writer) -> list[str]:
         per_class = None if means is None else np.array([np.nan if v is None else v for v in means], dtype=float)
         if per_class is not None and np.isfinite(per_class).any():
             order = [i for i in np.argsort(per_class, kind="stable") if np.isfinite(per_class[i])]
-            fmt = lambda i: f"{info.classes[i].replace('_', ' ')} ({100 * per_class[i]:.0f} %)"  # noqa: E731
+            named = [f"{info.classes[i].replace('_', ' ')} ({100 * per_class[i]:.0f} %)" for i in order]
             out.append(f"- Errors of **{focus.name}** (the figures below; per-class accuracy is the mean over "
                        f"its seeds {w.cite(focus.variant.runs)}): hardest classes "
-                       f"{', '.join(fmt(i) for i in order[:5])}; easiest {', '.join(fmt(i) for i in order[::-1][:5])}.")
+                       f"{', '.join(named[:5])}; easiest {', '.join(named[::-1][:5])}.")
             out.append("")
         for kind, alt in (("confusion", "confusion matrix"), ("superclass_confusion", "superclass confusion"),
                           ("per_class", "per-class accuracy"), ("per_superclass", "per-superclass accuracy"),
@@ -360,7 +360,7 @@ def _mean_per_class(row: Row) -> list[float | None] | None:
     if any(v is None for v in lists):
         return None
     out = []
-    for vals in zip(*lists):
+    for vals in zip(*lists, strict=True):
         ok = [v for v in vals if v is not None]
         out.append(sum(ok) / len(ok) if ok else None)
     return out

@@ -28,7 +28,7 @@ def correctness(records: list[FinishedRun]) -> np.ndarray:
         rows.append(np.frombuffer(s.encode(), dtype=np.uint8) == ord("1"))
     if len({len(x) for x in rows}) > 1:
         raise CifarlabError("runs were evaluated on test sets of different sizes: "
-                            + ", ".join(f"{r.run_id} ({len(x)})" for r, x in zip(records, rows)))
+                            + ", ".join(f"{r.run_id} ({len(x)})" for r, x in zip(records, rows, strict=True)))
     return np.stack(rows)
 
 
@@ -158,9 +158,9 @@ def format_table(rows: list[dict[str, Any]], title: str = "", n_seeds: int | Non
                      "-" if r["train_seconds_mean"] is None else
                      f"{r['train_step_seconds_mean']:,.1f} / {r['train_seconds_mean']:,.1f}", delta, r["verdict"],
                      pct(r["mde"])])
-    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    widths = [max(len(x) for x in col) for col in zip(header, *body, strict=True)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1, 9, 10) else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
     lines = [title] if title else []
     first = next((r for r in rows if r.get("dataset")), None)
     if first:

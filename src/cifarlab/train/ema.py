@@ -22,7 +22,8 @@ class WeightEma:
             raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(model).requires_grad_(False)
-        pairs = list(zip(self.module.state_dict(keep_vars=True).values(), model.state_dict(keep_vars=True).values()))
+        pairs = list(zip(self.module.state_dict(keep_vars=True).values(), model.state_dict(keep_vars=True).values(),
+                         strict=True))
         floating = [(e, m) for e, m in pairs if e.is_floating_point()]
         self._ema = [e for e, _ in floating]
         self._src = [m.detach() for _, m in floating]  # views sharing the model's storage

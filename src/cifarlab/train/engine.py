@@ -186,7 +186,8 @@ def _train(session: Session, model: torch.nn.Module, resume: bool, progress: boo
     if cfg.compile:
         forward = torch.compile(forward)
     training = make_train_step(model, cfg, device, steps_per_epoch=len(train_loader), graph=session.graph,
-                               forward=forward, sample=_first_batch(train_loader, start_epoch) if session.graph else None,
+                               forward=forward,
+                               sample=_first_batch(train_loader, start_epoch) if session.graph else None,
                                checkpoint=checkpoint)
     history = _start_history(training, session, checkpoint)
     try:
@@ -250,7 +251,8 @@ def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrit
                 raise CifarlabError(f"{root} holds files but no run; --overwrite replaces only a run folder")
             shutil.rmtree(root)  # removes links themselves, never what they point to
         elif not resume:
-            raise CifarlabError(f"{root} already holds a run; pass --resume to continue it or --overwrite to replace it")
+            raise CifarlabError(f"{root} already holds a run; pass --resume to continue it or --overwrite to "
+                                f"replace it")
         elif folder.exists(CONFIG):
             status = run_status(folder, cfg)
             if status.state == "changed":
@@ -473,7 +475,8 @@ def _result(session: Session, history: History, m: Measurements) -> dict:
         "top1": round(sel.top1, 6), "top5": round(sel.top5, 6), "test_loss": round(sel.loss, 6),
         "nll": round(sel.loss, 6), "ece": round(sel.ece, 6) if sel.ece is not None else None,
         "calibration": sel.calibration,
-        "selected_epoch": sel.epoch, "selection": "best validation top-1" if sel.val_top1 is not None else "final epoch",
+        "selected_epoch": sel.epoch,
+        "selection": "best validation top-1" if sel.val_top1 is not None else "final epoch",
         "params": m.params, "macs": m.macs, "mac_convention": MAC_CONVENTION,
         "epochs": cfg.epochs, "seed": cfg.seed,
         "train_seconds": round(history.wall_before + session.wall(), 3),
@@ -492,7 +495,8 @@ def _result(session: Session, history: History, m: Measurements) -> dict:
     if sel.val_top1 is not None:
         result.update(val_top1=round(sel.val_top1, 6), val_top5=round(sel.val_top5, 6))
     if data.test.coarse is not None and data.coarse_classes:
-        result["per_superclass_accuracy"] = superclass_accuracy(preds, labels, data.test.coarse, len(data.coarse_classes))
+        result["per_superclass_accuracy"] = superclass_accuracy(preds, labels, data.test.coarse,
+                                                                len(data.coarse_classes))
     if any(math.isnan(v) for v in result["per_class_accuracy"]):
         result["per_class_accuracy"] = [None if math.isnan(v) else v for v in result["per_class_accuracy"]]
     return result

@@ -21,7 +21,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and precision in ("auto", "bf16") else None
 
 
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast_context(device: torch.device,
+                     dtype: torch.dtype | None) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the autocast context for evaluation and inference (a no-op without ``dtype``)."""
     return (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
 
@@ -77,14 +78,14 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     conf = np.divide(conf_sum, count, out=np.zeros(bins), where=filled)
     ece = float(np.sum(count / max(len(confidence), 1) * np.abs(acc - conf)))
     return ece, {"bins": bins, "count": count.tolist(),
-                 "accuracy": [round(float(a), 6) if f else None for a, f in zip(acc, filled)],
-                 "confidence": [round(float(c), 6) if f else None for c, f in zip(conf, filled)]}
+                 "accuracy": [round(float(a), 6) if f else None for a, f in zip(acc, filled, strict=True)],
+                 "confidence": [round(float(c), 6) if f else None for c, f in zip(conf, filled, strict=True)]}
 
 
 def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float]:
     correct = np.bincount(labels, weights=(preds == labels), minlength=num_classes)
     total = np.bincount(labels, minlength=num_classes)
-    return [round(float(c / t), 4) if t else float("nan") for c, t in zip(correct, total)]
+    return [round(float(c / t), 4) if t else float("nan") for c, t in zip(correct, total, strict=True)]
 
 
 def superclass_accuracy(preds: np.ndarray, labels: np.ndarray, coarse: np.ndarray, num_coarse: int) -> list[float]:

@@ -46,7 +46,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Load a checkpoint's optimizer state but keep this optimizer's kernel choice (foreach / fused / capturable):
     a run may resume on a different path (eager on the CPU, CUDA graph on a GPU) than the one that saved it."""
     groups = [{**saved, **{k: now[k] for k in _KERNEL_FLAGS if k in now}}
-              for saved, now in zip(state["param_groups"], optimizer.param_groups)]
+              for saved, now in zip(state["param_groups"], optimizer.param_groups, strict=True)]
     optimizer.load_state_dict({**state, "param_groups": groups})
 
 

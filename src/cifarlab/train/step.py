@@ -124,7 +124,7 @@ class TrainStep:
     def _keep_lr_tensors(self) -> None:
         """A scheduler that assigns a float (torch's did before 2.2; newer ones fill the tensor) must still reach
         the tensor the optimizer (and the graph) reads."""
-        for group, lr in zip(self.optimizer.param_groups, self._lrs):
+        for group, lr in zip(self.optimizer.param_groups, self._lrs, strict=True):
             if group["lr"] is not lr:
                 lr.fill_(float(group["lr"]))
                 group["lr"] = lr

@@ -162,7 +162,7 @@ def block_stages(make_block, in_ch: int, depths: Sequence[int], widths: Sequence
     The stage's stride goes to its first block.
     """
     stages = []
-    for i, (n, w, s) in enumerate(zip(depths, widths, strides)):
+    for i, (n, w, s) in enumerate(zip(depths, widths, strides, strict=True)):
         blocks = []
         for j in range(n):
             blocks.append(make_block(in_ch, w, s if j == 0 else 1, i))
