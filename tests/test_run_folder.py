@@ -189,8 +189,10 @@ def test_a_record_linked_to_a_private_file_is_not_uploaded(finished, tmp_path, c
     (run / "result.json").unlink()
     (run / "result.json").symlink_to(secret)
     err = _one_line(capsys, main(["push", str(run), "--repo-id", "me/x", "--dry-run", "--out", str(tmp_path / "up")]))
-    assert "symbolic link" in err or "not a finished run" in err
+    assert "symbolic link" in err
     assert not (tmp_path / "up" / "result.json").exists()
+    (row,) = list_runs([tmp_path])  # the listing shows the folder as failed, and lists the others
+    assert row.status == "failed" and "symbolic link" in row.detail
 
 
 @pytest.mark.parametrize("name", ["config.json", "metrics.jsonl", "result.json"])

@@ -270,7 +270,7 @@ def training_curves(table: Table, stem: Path) -> list[Path] | None:
         fig = _figure(12, 4.8 + 0.25 * ((len(rows) + 3) // 4))
         ax_loss, ax_acc = fig.subplots(1, 2)
         splits_seen = set()
-        for color, r in zip(colors, rows, strict=True):
+        for color, r in zip(colors, rows, strict=False):
             for split in ("train", "val", "test"):
                 for ax, key, scale in ((ax_loss, f"{split}_loss", 1.0), (ax_acc, f"{split}_top1", 100.0)):
                     ep, mean, lo, hi = _mean_curve(r.variant, key)
@@ -291,7 +291,7 @@ def training_curves(table: Table, stem: Path) -> list[Path] | None:
             ax.xaxis.get_major_locator().set_params(integer=True)
         ax_acc.legend(handles=[Line2D([], [], ls=SPLIT_STYLES[s], color="black", label=SPLIT_LABELS[s])
                                for s in ("train", "val", "test") if s in splits_seen], loc="best", title="split")
-        fig.legend(handles=[Line2D([], [], color=c, lw=2, label=r.name) for c, r in zip(colors, rows, strict=True)],
+        fig.legend(handles=[Line2D([], [], color=c, lw=2, label=r.name) for c, r in zip(colors, rows, strict=False)],
                    loc="outside lower center", ncol=min(4, len(rows)), title="variant")
         shown = "" if len(rows) == n_total else f" ({len(rows)} of {n_total} variants: baselines and the best)"
         fig.suptitle(f"Training curves — {table.title}{shown}")

@@ -14,8 +14,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .. import CifarlabError
-from ..config import TrainConfig
+from ..config import TrainConfig, format_validation_error
 from ..run import STATES, RunFolder, RunStatus, find_run_folders, read_study, run_status, study_of
 from ..run.folder import STUDY
 
@@ -60,11 +62,19 @@ class StudyConfigs:
             if study.is_file(STUDY):
                 for v in read_study(study).variants:
                     if v.config is not None:
-                        found[v.name] = TrainConfig.model_validate(v.config)
+                        found[v.name] = _variant_config(study, v.name, v.config)
             self.cache[study.root] = found
         cfg = self.cache[study.root].get(where[1])
         seed = int(run.name.removeprefix("seed"))
         return cfg.model_copy(update={"seed": seed}) if cfg is not None else None
+
+
+def _variant_config(study: RunFolder, name: str, config: dict) -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(config)
+    except ValidationError as err:
+        raise CifarlabError(f"{study.path(STUDY)}: damaged (variant {name!r}: "
+                            f"{format_validation_error(err, 'config')})") from None
 
 
 def _row(status: RunStatus, base: Path) -> RunRow:

@@ -113,7 +113,11 @@ class RunFolder:
             return False
 
     def exists(self, *parts: str) -> bool:
-        return os.path.lexists(self.path(*parts))
+        """Whether anything (a link included) stands at ``parts``; the folders on the way must not be links."""
+        parent = self.path(*parts[:-1])
+        if not _plain_name(parts[-1]):
+            raise UnsafeRunFile(f"{self.root}: {parts[-1]!r:.80} is not a file name inside the run folder")
+        return os.path.lexists(parent / parts[-1])
 
     def listdir(self, *parts: str) -> list[str]:
         """The names in a sub-folder (empty when it is missing or not a folder)."""
