@@ -349,6 +349,9 @@ _raw_tar_case("pax-headers-disagree", "its headers disagree on where it is or ho
               lambda d: _pax({"size": str(8 << 30)}) + _pax({"size": "1"}) + _header("cifar-100-python/x",
                                                                                      tarfile.REGTYPE, 1)
               + b"x" + b"\0" * 511)
+_raw_tar_case("pax-record-length-huge", "cannot extract (ValueError", lambda d: (  # tarfile's int() raises
+    _header("pax", tarfile.XHDTYPE, 5008) + b"9" * 5000 + b" path=x\n" + b"\0" * 112
+    + _header("cifar-100-python/x", tarfile.REGTYPE, 1) + b"x" + b"\0" * 511))
 _raw_tar_case("many-members", "more than 1,000 members",
               lambda d: b"".join(_header(f"cifar-100-python/e{i}", tarfile.REGTYPE, 0) for i in range(1500)))
 

@@ -1,4 +1,5 @@
-"""Data: load CIFAR through Hugging Face ``datasets``, decode once, cache, augment on the device."""
+"""Data: load CIFAR (Hub, parquet, python pickles, synthetic) checked against its schema, decode it once,
+cache it, augment it on the device."""
 
 from .augment import BatchAugment
 from .dataset import CifarData, Split, carve_validation, describe, load_data, subsample_train

@@ -37,7 +37,7 @@ EXTENDED = {b"x": "PAX header", b"X": "PAX header", b"g": "PAX global header", b
 DATA_TYPES = (b"0", b"\0", b"7", *EXTENDED)  # types whose data follows the header (tarfile skips unknown types' too)
 KNOWN_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6", b"S", *DATA_TYPES)
 PAX_KINDS = (b"x", b"X", b"g")
-PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")  # as tarfile parses PAX records
+PAX_RECORD = re.compile(rb"(\d{1,20}) ([^=]+)=")  # as tarfile parses PAX records, lengths of 20 digits at most
 COMPRESSIONS = ((b"\x1f\x8b", "gz", gzip.open), (b"BZh", "bz2", bz2.open), (b"\xfd7zXZ\x00", "xz", lzma.open))
 
 
@@ -185,7 +185,7 @@ def extract_tar(path: Path, cache: Path) -> Path:
         (tmp / ".complete").touch()
         shutil.rmtree(dest, ignore_errors=True)  # left by an older, interrupted extraction
         tmp.rename(dest)
-    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+    except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as e:
         raise CifarlabError(f"{path}: cannot extract ({summary(e)})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

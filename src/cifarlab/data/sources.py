@@ -57,9 +57,12 @@ def _sha256_files(paths: list[Path], root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
         h.update(str(p.relative_to(root)).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        try:
+            with open(p, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+        except OSError as e:
+            raise CifarlabError(f"{p}: cannot be read ({summary(e)})") from None
     return h.hexdigest()
 
 
@@ -243,7 +246,10 @@ class PickleSplit:
 
 
 def _find_pickle_root(root: Path) -> Path | None:
-    folders = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    try:
+        folders = sorted(Path(e.path) for e in os.scandir(root) if e.is_dir(follow_symlinks=False))
+    except OSError as e:
+        raise CifarlabError(f"{root}: cannot be listed ({summary(e)})") from None
     for cand in [root, *folders]:
         if (cand / "meta").is_file() and (cand / "train").is_file() or (cand / "data_batch_1").is_file():
             return cand
