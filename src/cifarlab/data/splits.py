@@ -79,7 +79,7 @@ def max_images() -> int:
 def check_image_count(n: int, where: str, split: str) -> None:
     """Refuse an empty split, and one of more images than :func:`max_images` (judged before decoding)."""
     if n <= 0:
-        raise CifarlabError(f"{where}: the {split} split holds no images")
+        raise CifarlabError(f"{where}: the {split} split is empty (it holds no images)")
     limit = max_images()
     if n > limit:
         raise CifarlabError(f"{where}: the {split} split declares {n:,} images; cifarlab reads at most {limit:,} "
@@ -217,7 +217,7 @@ def _decode_one(blob: bytes) -> np.ndarray | str:
         im = open_image(blob, size=IMAGE_SIZE, max_bytes=MAX_IMAGE_BYTES)
     except ImageError as e:
         return f"an unusable image ({e.reason})"
-    return np.asarray(im, dtype=np.uint8) if im.mode == "RGB" else f"mode {describe(im.mode)}"
+    return np.asarray(im, dtype=np.uint8) if im.mode == "RGB" else f"mode {im.mode}"  # one of Pillow's modes
 
 
 def _image_bytes(column: pa.Array) -> pa.DictionaryArray:
