@@ -1,14 +1,30 @@
+import io
+import json
+import tarfile
+
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
-from cifar_files import tar_gz, write_cifar10_parquet, write_cifar10_python, write_cifar100_python, write_parquet
+from cifar_files import (
+    images,
+    tar_gz,
+    write_cifar10_parquet,
+    write_cifar10_python,
+    write_cifar100_python,
+    write_parquet,
+)
+from PIL import Image
 
 from cifarlab import CifarlabError
-from cifarlab.data import BatchAugment, DeviceLoader, load_data
+from cifarlab.data import BatchAugment, DeviceLoader, load_data, parquet, sources
 from cifarlab.data.augment import CropFlip, Cutout, crop_flip, cutout, normalize, pad_images
+from cifarlab.data.images import jpeg_scans
 from cifarlab.data.meta import DATASETS
 from cifarlab.data.synthetic import synthetic_dataset
+from cifarlab.data.untrusted import describe
 
 
 def test_synthetic_has_the_hub_schema():
@@ -224,3 +240,137 @@ def test_eval_loader_normalises_with_dataset_stats():
     x, _ = next(iter(DeviceLoader(d.test, 100, d.mean, d.std)))
     manual = (torch.from_numpy(d.test.images[:100]).float() / 255 - torch.tensor(d.mean)) / torch.tensor(d.std)
     torch.testing.assert_close(x, manual.permute(0, 3, 1, 2))
+
+
+# ------------------------------------------------------------------------- untrusted sources: bounds and schema
+
+
+def _hub_dataset(monkeypatch, features: dict, columns: dict) -> str:
+    """A Hub id whose ``datasets.load_dataset`` returns splits of ``columns`` declared as ``features`` (JSON)."""
+    meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    ds = datasets.Dataset(pa.table(columns).replace_schema_metadata(meta))
+    monkeypatch.setattr(datasets, "load_dataset", lambda repo_id: datasets.DatasetDict(train=ds, test=ds))
+    return "someone/cifar100-copy"
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n"
+IMAGES = pa.array([{"bytes": EPS, "path": None}], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+INT = {"_type": "Value", "dtype": "int64"}
+
+
+@pytest.mark.parametrize("features, columns, match", [
+    ({"img": {"_type": "List", "feature": {"_type": "Image"}}, "fine_label": INT},
+     {"img": pa.array([IMAGES.to_pylist()], pa.list_(IMAGES.type)), "fine_label": [0]},
+     "'img' column is declared as 'List' of 'Image'"),
+    ({"img": {"_type": "Audio"}, "fine_label": INT}, {"img": IMAGES, "fine_label": [0]},
+     "'img' column is declared as 'Audio'"),
+    ({"img": {"_type": "Image"}, "fine_label": {"_type": "Image"}}, {"img": IMAGES, "fine_label": IMAGES},
+     "'fine_label' column does not hold integer class labels"),
+    ({"img": {"_type": "Image"}, "fine_label": {"_type": "Value", "dtype": "uint64"}},
+     {"img": IMAGES, "fine_label": pa.array([2**64 - 1], pa.uint64())}, "it holds 'uint64'"),
+], ids=["list of images", "audio", "label of images", "uint64 labels"])
+def test_a_hub_dataset_is_checked_against_the_schema_before_anything_is_decoded(monkeypatch, features, columns,
+                                                                                 match):
+    """The ``datasets`` path too: a column declared as anything but the CIFAR schema never reaches a decoder."""
+    repo = _hub_dataset(monkeypatch, features, columns)
+    with pytest.raises(CifarlabError, match=match):
+        load_data("cifar100", repo, use_cache=False)
+
+
+def test_shared_images_are_decoded_once_per_value_and_land_on_their_rows(tmp_path):
+    """Rows that share an image through the parquet dictionary get that image; error rows count across shards."""
+    x = images(3, seed=5)
+    blobs = [_png(im) for im in x]
+    which = np.arange(300) % 3
+    img = pa.StructArray.from_arrays([pa.DictionaryArray.from_arrays(pa.array(which, pa.int32()), pa.array(blobs)),
+                                      pa.nulls(300, pa.string())], ["bytes", "path"])
+    folder = tmp_path / "pq"
+    folder.mkdir()
+    table = pa.table({"img": img, "fine_label": pa.array(np.arange(300) % 100), "coarse_label": pa.array([0] * 300)})
+    pq.write_table(table.slice(0, 200), folder / "train-00000-of-00002.parquet")
+    pq.write_table(table.slice(200), folder / "train-00001-of-00002.parquet")
+    pq.write_table(table.slice(0, 100), folder / "test-00000-of-00001.parquet")
+    d = load_data("cifar100", str(folder), use_cache=False)
+    assert np.array_equal(d.train.images, x[which]) and np.array_equal(d.train.labels, np.arange(300) % 100)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    broken = pa.table({"img": pa.array([{"bytes": blobs[0], "path": None}] * 3 + [{"bytes": b"text", "path": None}],
+                                       struct), "fine_label": pa.array([0] * 4), "coarse_label": pa.array([0] * 4)})
+    pq.write_table(broken, folder / "train-00001-of-00002.parquet")
+    with pytest.raises(CifarlabError, match="image 203 of the train split has an unusable image"):
+        load_data("cifar100", str(folder), use_cache=False)
+
+
+def _png(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_the_image_limit_names_its_knob_and_can_be_raised(tmp_path, monkeypatch):
+    folder = write_parquet(tmp_path / "pq", train=200, test=100, shards=1)
+    monkeypatch.setenv("CIFARLAB_MAX_IMAGES", "150")
+    with pytest.raises(CifarlabError, match="declares 200 images; cifarlab reads at most 150 a split .* "
+                                            "set CIFARLAB_MAX_IMAGES to raise the limit"):
+        load_data("cifar100", str(folder), use_cache=False)
+    monkeypatch.setenv("CIFARLAB_MAX_IMAGES", "200")
+    assert load_data("cifar100", str(folder), use_cache=False).split_sizes() == {"train": 200, "test": 100}
+    monkeypatch.setenv("CIFARLAB_MAX_IMAGES", "lots")
+    with pytest.raises(CifarlabError, match="CIFARLAB_MAX_IMAGES='lots' is not a positive number"):
+        load_data("cifar100", str(folder), use_cache=False)
+
+
+def test_a_data_folder_is_walked_within_a_bound_without_following_links(tmp_path, monkeypatch):
+    folder = write_parquet(tmp_path / "pq", train=100, test=100, shards=1)
+    (folder / "loop").symlink_to(folder)  # a link back up: followed, the walk would never end
+    assert load_data("cifar100", str(folder), use_cache=False).split_sizes() == {"train": 100, "test": 100}
+    for i in range(5):
+        (folder / f"notes-{i}.txt").write_text("x")
+    monkeypatch.setattr(sources, "MAX_FOLDER_ENTRIES", 6)
+    with pytest.raises(CifarlabError, match="more than 6 files and folders; not a dataset folder"):
+        load_data("cifar100", str(folder), use_cache=False)
+
+
+def test_jpeg_scans_are_counted_as_encoders_write_them():
+    """Baseline JPEG: one scan; libjpeg's progressive mode: 10 for colour, 6 for grey (the limit's reference)."""
+    x = images(1, size=32)[0]
+    counts = []
+    for mode, progressive in (("RGB", False), ("RGB", True), ("L", True)):
+        buf = io.BytesIO()
+        Image.fromarray(x).convert(mode).save(buf, "JPEG", progressive=progressive)
+        counts.append(jpeg_scans(buf.getvalue(), stop=10**6))
+    assert counts == [1, 10, 6]
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("x" * 10**6, "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (1,000,000 characters)"),
+    (10**5000, "an integer of 16610 bits"),
+    ([[]] * 3, "a list of 3 items"),
+], ids=["long text", "huge integer", "list"])
+def test_an_untrusted_value_is_described_without_its_repr(value, shown):
+    assert describe(value) == shown
+
+
+def test_a_self_doubling_list_is_described_in_constant_time():
+    laughs: list = []
+    for _ in range(200):
+        laughs = [laughs, laughs]  # repr would print 2**200 lists
+    assert describe(laughs) == "a list of 2 items"
+
+
+def test_an_archive_with_a_long_member_name_extracts(tmp_path):
+    """A PAX header of a legitimate size (a long path) passes the header scan."""
+    base = write_cifar100_python(tmp_path / "src")
+    (base / ("n" * 200)).write_bytes(b"x")
+    path = tmp_path / "c.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(base, arcname=base.name)
+    assert load_data("cifar100", str(path), use_cache=False).split_sizes() == {"train": 200, "test": 100}
+
+
+@pytest.mark.parametrize("limit, match", [("MAX_CHUNK_BYTES", "bytes uncompressed; at most 1,000 are read"),
+                                          ("MAX_METADATA_BYTES", "Hugging Face metadata of .* at most 1,000")])
+def test_parquet_metadata_bounds_are_checked_before_the_data_is_read(tmp_path, monkeypatch, limit, match):
+    folder = write_parquet(tmp_path / "pq", train=20, test=20, shards=1)
+    monkeypatch.setattr(parquet, limit, 1000)
+    with pytest.raises(CifarlabError, match=match):
+        load_data("cifar100", str(folder), use_cache=False)

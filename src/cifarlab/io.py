@@ -113,9 +113,10 @@ def load_yaml(source: str | bytes, error: str) -> Any:
         raise CifarlabError(f"{error} (nested more than {MAX_YAML_DEPTH} brackets deep)")
     try:
         value = yaml.safe_load(source)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise CifarlabError(error + (f" (line {mark.line + 1})" if mark else "")) from None
+    except yaml.YAMLError as e:  # its problem names a refused tag, e.g. python/object/apply:os.system
+        mark, problem = getattr(e, "problem_mark", None), " ".join(str(getattr(e, "problem", "") or "").split())
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise CifarlabError(error + where + (f": {problem[:160]}" if problem else "")) from None
     except RecursionError:
         raise CifarlabError(f"{error} (nested too deeply)") from None
     if count_values(value, MAX_YAML_VALUES) > MAX_YAML_VALUES:  # aliases share nodes: small until a reader walks them

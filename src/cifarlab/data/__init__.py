@@ -1,4 +1,5 @@
-"""Data: load CIFAR through Hugging Face ``datasets``, decode once, cache, augment on the device.
+"""Data: load CIFAR (Hub, parquet, python pickles, synthetic) checked against its schema, decode it once,
+cache it, augment it on the device.
 
 The names below are imported on first use (PEP 562), so that ``cifarlab.data.meta`` — the datasets' classes and
 constants — can be read without importing torch or ``datasets``.

@@ -3,35 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import datasets
 import numpy as np
 
 from .. import CifarlabError
 from ..io import atomic_open
-from .images import ImageError, open_image
-from .meta import DATASETS, IMAGE_COLUMNS, DatasetInfo
-from .sources import cache_root, resolve_source
+from .meta import DATASETS, DatasetInfo
+from .sources import RawSource, cache_root, resolve_source
+from .splits import Split, check_class_counts
 
-CACHE_VERSION = 1
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, 32, 32, 3)
-    labels: np.ndarray  # int64 (N,)
-    coarse: np.ndarray | None = None  # int64 (N,), CIFAR-100 superclasses
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, idx: np.ndarray) -> "Split":
-        return Split(self.images[idx], self.labels[idx], None if self.coarse is None else self.coarse[idx])
+CACHE_VERSION = 2  # 2: every split checked against the CIFAR schema before decoding
 
 
 @dataclass
@@ -61,65 +45,11 @@ class CifarData:
         return sizes
 
 
-def _decode_one(b: bytes | None) -> np.ndarray | str:
-    """An image's RGB pixels, or a short reason why it is not a usable CIFAR image."""
-    if b is None:
-        return "no image bytes"
-    try:
-        im = open_image(b, size=(32, 32))
-    except ImageError as e:
-        return f"an unusable image ({e.reason})"
-    return np.asarray(im, dtype=np.uint8) if im.mode == "RGB" else f"mode {im.mode}"
-
-
-def _decode_images(ds: datasets.Dataset, col: str, split: str, where: str) -> np.ndarray:
-    feat = ds.features[col]
-    if isinstance(feat, datasets.Image):
-        raw = ds.cast_column(col, datasets.Image(decode=False)).with_format("arrow")[col]
-        blobs = raw.combine_chunks().field("bytes").to_pylist()
-        with ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1)) as pool:
-            arrays = list(pool.map(_decode_one, blobs, chunksize=512))
-        bad = next((i for i, a in enumerate(arrays) if isinstance(a, str)), None)
-        if bad is not None:
-            raise CifarlabError(f"{where}: image {bad} of the {split} split has {arrays[bad]}; "
-                                f"CIFAR images are 32x32 RGB")
-        return np.stack(arrays)
-    x = np.asarray(ds.with_format("numpy")[col])
-    if x.shape[1:] != (32, 32, 3) or x.min() < 0 or x.max() > 255:
-        raise CifarlabError(f"{where}: the {split} split's images have shape {x.shape[1:]}; "
-                            f"expected 32x32x3 values in 0..255")
-    return x.astype(np.uint8)
-
-
-def _int_column(ds: datasets.Dataset, col: str, split: str, where: str) -> np.ndarray:
-    try:
-        return np.asarray(ds[col], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise CifarlabError(f"{where}: the {split} split's {col!r} column does not hold integer class labels") from None
-
-
-def _decode_split(ds: datasets.Dataset, info: DatasetInfo, split: str, where: str) -> Split:
-    cols = set(ds.column_names)
-    img_col = next((c for c in IMAGE_COLUMNS if c in cols), None)
-    if img_col is None or info.label_column not in cols:
-        raise CifarlabError(
-            f"{where}: the {split} split has columns {sorted(cols)}; expected 'img' and {info.label_column!r} "
-            f"(the {info.hub_id} schema). Wrong --dataset?"
-        )
-    if len(ds) == 0:
-        raise CifarlabError(f"{where}: the {split} split is empty")
-    images = _decode_images(ds, img_col, split, where)
-    labels = _int_column(ds, info.label_column, split, where)
-    if labels.min() < 0 or labels.max() >= info.num_classes:
-        raise CifarlabError(
-            f"{where}: {split} labels span {labels.min()}..{labels.max()}; {info.name} needs 0..{info.num_classes - 1}"
-        )
-    coarse = None
-    if info.coarse_column and info.coarse_column in cols:
-        coarse = _int_column(ds, info.coarse_column, split, where)
-        if coarse.min() < 0 or coarse.max() >= len(info.coarse_classes):
-            raise CifarlabError(f"{where}: {split} coarse labels outside 0..{len(info.coarse_classes) - 1}")
-    return Split(images, labels, coarse)
+def _decode_split(raw: RawSource, info: DatasetInfo, split: str) -> Split:
+    """One split of ``raw``, its declared classes counted against ``info`` before anything is decoded."""
+    reader = raw.splits[split]
+    check_class_counts(reader.classes, info, raw.description)
+    return reader.decode()
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -168,8 +98,8 @@ def load_data(dataset: str = "cifar100", source: str | None = None, val_split: i
     if cached is not None:
         train, test = cached
     else:
-        train = _decode_split(raw.dataset["train"], info, "train", raw.description)
-        test = _decode_split(raw.dataset["test"], info, "test", raw.description)
+        train = _decode_split(raw, info, "train")
+        test = _decode_split(raw, info, "test")
         if use_cache:
             _atomic_savez(cache, **_splits_to_arrays(train, test))
     if raw.kind == "synthetic":
@@ -189,7 +119,8 @@ def load_data(dataset: str = "cifar100", source: str | None = None, val_split: i
 
 def _stratified_indices(labels: np.ndarray, num_classes: int, n: int, seed: int, what: str) -> np.ndarray:
     if n % num_classes:
-        raise CifarlabError(f"{what} {n} must be a multiple of the number of classes ({num_classes}) to stay stratified")
+        raise CifarlabError(f"{what} {n} must be a multiple of the number of classes ({num_classes}) "
+                            f"to stay stratified")
     per_class = n // num_classes
     rng = np.random.default_rng(seed)
     picked = []
@@ -213,7 +144,8 @@ def carve_validation(data: CifarData, n: int, seed: int = 0) -> CifarData:
 def subsample_train(data: CifarData, n: int, seed: int = 0) -> CifarData:
     """Keep a stratified subset of ``n`` training images (for smoke runs on a CPU)."""
     idx = _stratified_indices(data.train.labels, data.num_classes, n, seed, "the training subset")
-    return replace(data, train=data.train.take(idx), notes=[*data.notes, f"training on a stratified subset of {n} images"])
+    return replace(data, train=data.train.take(idx),
+                   notes=[*data.notes, f"training on a stratified subset of {n} images"])
 
 
 def describe(data: CifarData) -> dict:

@@ -169,7 +169,7 @@ def affine(x: torch.Tensor, op: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """
     n, _, h, w = x.shape
     dev, dt = x.device, x.dtype
-    one, zero = torch.ones(n, device=dev, dtype=dt), torch.zeros(n, device=dev, dtype=dt)
+    zero = torch.zeros(n, device=dev, dtype=dt)
     is_ = lambda name: op == OP_INDEX[name]  # noqa: E731
     rot = torch.where(is_("rotate"), -torch.deg2rad(m), zero)
     a11, a12, a21, a22 = torch.cos(rot), torch.sin(rot), -torch.sin(rot), torch.cos(rot)

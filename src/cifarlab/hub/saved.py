@@ -142,6 +142,9 @@ def read_hub_config(folder: RunFolder, where: str) -> HubConfig:
     except ValidationError as e:
         if e.errors()[0]["type"] == "json_invalid":
             raise CifarlabError(f"{where}/{CONFIG_FILE} is not a cifarlab model config (not valid JSON)") from None
+        if not e.errors()[0]["loc"]:
+            raise CifarlabError(f"{where}/{CONFIG_FILE} is not a cifarlab model config (expected a JSON object)"
+                                ) from None
         raise CifarlabError(one_line(f"{where}/{CONFIG_FILE}: {format_validation_error(e, 'config')}")) from None
 
 

@@ -210,6 +210,8 @@ def _damaged(where: str, err: ValidationError) -> CifarlabError:
     first = err.errors()[0]
     if first["type"] == "json_invalid":
         return CifarlabError(f"{where}: not valid JSON ({first['msg'].removeprefix('Invalid JSON: ')})")
+    if not first["loc"]:
+        return CifarlabError(f"{where}: damaged (expected a JSON object, found {type(first['input']).__name__})")
     return CifarlabError(one_line(f"{where}: damaged ({format_validation_error(err, 'field')})"))
 
 
