@@ -28,8 +28,9 @@ import yaml
 from safetensors.torch import load_file
 
 from cifarlab.cli import main
+from cifarlab.run.folder import ATTEMPTS as ATTEMPTS_FILE
 from cifarlab.studies import load_study, run_study
-from cifarlab.studies.ray_executor import ATTEMPTS_FILE, listeners, outside_loopback, run_study_ray
+from cifarlab.studies.ray_executor import listeners, outside_loopback, run_study_ray
 
 EPOCHS = 2
 TINY = {"name": "tiny",

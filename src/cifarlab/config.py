@@ -8,6 +8,7 @@ starts, with a message naming the field.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -106,6 +107,21 @@ class TrainConfig(BaseModel):
     def _yaml_on_off(cls, v: Any) -> Any:
         """YAML reads a bare on / off as a boolean."""
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _model_options_are_names_and_finite_values(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Constructor options: keyword names, and no NaN or infinity anywhere in their values."""
+        bad = [k for k in v if not (isinstance(k, str) and k.isidentifier())]
+        if bad:
+            raise ValueError(f"model_kwargs keys must be option names, got {bad[0]!r:.40}")
+        stack = list(v.values())
+        while stack:
+            x = stack.pop()
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError("model_kwargs values must be finite (no NaN or infinity)")
+            stack.extend(x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ())
+        return v
 
     @field_validator("milestones")
     @classmethod
