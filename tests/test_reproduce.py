@@ -357,6 +357,60 @@ def test_a_hub_layout_folder_made_by_push_reproduces(world, tmp_path):
                                               "config |  |")
 
 
+def _hub_snapshot(world: dict, cache: Path) -> Path:
+    """A push of the recorded run laid out as the Hub cache keeps a download: snapshot files link into blobs."""
+    upload = cache / "upload"
+    assert main(["push", str(world["run"]), "--repo-id", "me/resnet8", "--dry-run", "--out", str(upload)]) == 0
+    repo = cache / "models--me--resnet8"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in upload.iterdir():
+        shutil.copy(f, repo / "blobs" / f.name)
+        (snapshot / f.name).symlink_to(Path("..", "..", "blobs", f.name))
+    return snapshot
+
+
+def test_a_hub_repo_id_is_downloaded_and_audited(world, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    snapshot, calls = _hub_snapshot(world, tmp_path / "cache"), []
+
+    def fake_snapshot_download(repo_id, **kw):
+        calls.append({"repo_id": repo_id, **kw})
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    rc, text = _main(["reproduce", "me/resnet8", "--revision", "v1", "--audit-only", "--out", str(tmp_path / "o")])
+    assert rc == 0, text
+    (call,) = calls
+    assert call["revision"] == "v1" and sorted(call["allow_patterns"]) == ["metrics.jsonl", "result.json",
+                                                                          "training_config.json"]
+    rec = read_reproduction(RunFolder(tmp_path / "o"))
+    assert (rec["source"]["kind"], rec["source"]["name"]) == ("hub", "resnet8")
+    assert _line(text, "metrics.jsonl").startswith("| metrics.jsonl | **ok** |"), "read through the cache's links"
+    (snapshot / "result.json").unlink()
+    (snapshot / "result.json").symlink_to(world["run"] / "result.json")  # a link out of the repo's blobs
+    capsys.readouterr()
+    assert main(["reproduce", "me/resnet8", "--audit-only", "--out", str(tmp_path / "o2")]) == 2
+    assert "result.json: a symbolic link inside a run folder" in capsys.readouterr().err
+
+
+def test_shards_reproduce_in_parts_and_the_verdict_waits_for_them(world, tmp_path):
+    out, run = tmp_path / "out", world["out"] / "resnet8-seed0" / "resnet20" / "seed1"
+    shutil.copytree(run, out / "resnet8-seed0" / "resnet20" / "seed1")  # shard 1/2 finished elsewhere, copied here
+    argv = ["reproduce", str(world["run"]), "--seeds", "2", "--out", str(out), "--no-progress"]
+    rc, text = _main([*argv, "--shard", "1/2"])
+    rec = read_reproduction(RunFolder(out))
+    assert rc == 0 and " start " not in text and [r["state"] for r in rec["runs"]] == ["new", "done"]
+    assert rec["verdict"].startswith("incomplete (1 of 2 runs finished)") and rec["same_seed"] == []
+    rc, text = _main([*argv, "--shard", "0/2"])
+    rec = read_reproduction(RunFolder(out))
+    assert " start " in text and [r["state"] for r in rec["runs"]] == ["done", "done"]
+    assert rec["same_seed"][0]["differ"] == 0
+    assert rec["verdict"] == read_reproduction(RunFolder(world["out"]))["verdict"]
+
+
 def test_a_study_folder_reproduces_variant_by_variant(world, tmp_path):
     study = tmp_path / "s"
     for variant in ("base", "other"):
