@@ -413,19 +413,24 @@ def test_shards_reproduce_in_parts_and_the_verdict_waits_for_them(world, tmp_pat
 
 
 def test_a_study_folder_reproduces_variant_by_variant(world, tmp_path):
-    study = tmp_path / "s"
+    study, trained = tmp_path / "s", world["out"] / "resnet8-seed0" / "resnet20"  # the recorded config trained again
     for variant in ("base", "other"):
         shutil.copytree(world["run"], study / variant / "seed0", ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(trained / "seed1", study / "base" / "seed1", ignore=shutil.ignore_patterns("checkpoints"))
     (study / "study.json").write_text(json.dumps({"name": "s", "variants": [
         {"name": "base", "model": "resnet20", "baseline": "base"},
-        {"name": "other", "model": "resnet20", "baseline": "base"}]}))
+        {"name": "other", "model": "resnet20", "baseline": "base"}, {"name": "empty", "model": "resnet20"}]}))
     rc, text = _main(["reproduce", str(study), "--audit-only", "--out", str(tmp_path / "audit")])
-    assert rc == 0 and _line(text, "top-1").startswith("| top-1 | all 2 runs | **ok** | top-1 ")
-    assert _line(text, "top-5") == ("| top-5 | all 2 runs | **refused** | no per-image top-5 is recorded: top-5 "
+    assert rc == 0 and _line(text, "top-1").startswith("| top-1 | all 3 runs | **ok** | ok in every run (e.g. ")
+    assert _line(text, "top-5") == ("| top-5 | all 3 runs | **refused** | no per-image top-5 is recorded: top-5 "
                                     "cannot be checked image by image |  |")
-    trained = world["out"] / "resnet8-seed0" / "resnet20" / "seed0"  # the recorded config at seed 0, trained again
-    for variant in ("base", "other"):  # so both runs are done before the command: nothing is trained here
-        shutil.copytree(trained, tmp_path / "out" / "s" / variant / "seed0")
+    assert _line(text, "training config") == ("| training config | all 3 runs | **ok** | config.json = the "
+                                              "record's config |  |")
+    assert _line(text, "variant config") == ("| variant config | base | **ok** | the 2 runs differ only in their seed "
+                                             "|  |")
+    assert "- variant empty has no finished run: nothing to reproduce" in text
+    for variant in ("base", "other"):  # both runs are done before the command: nothing is trained here
+        shutil.copytree(trained / "seed0", tmp_path / "out" / "s" / variant / "seed0")
     rc, text = _main(["reproduce", str(study), "--seeds", "1", "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 0 and text.count(" skip ") == 2, text
     rec = read_reproduction(RunFolder(tmp_path / "out"))
@@ -434,6 +439,14 @@ def test_a_study_folder_reproduces_variant_by_variant(world, tmp_path):
     assert [(s["variant"], s["recorded_verdict"], s["new_verdict"], s["changed"]) for s in rec["study"]] == [
         ("base", "baseline", "baseline", False), ("other", "n < 3 seeds: no claim", "n < 3 seeds: no claim", False)]
     assert rec["study"][1]["new_delta"] == 0.0 and "the study's verdicts hold up" in rec["verdict"]
+    # one run of the study: its study and variant names are kept, and the study's pooled seed SD sizes the interval
+    shutil.copytree(trained / "seed0", tmp_path / "one" / "s" / "base" / "seed0")
+    rc, text = _main(["reproduce", str(study / "base" / "seed0"), "--seeds", "1", "--out", str(tmp_path / "one")])
+    interval = read_reproduction(RunFolder(tmp_path / "one"))["intervals"][0]
+    top1 = [read_result(RunFolder(study / "base" / f"seed{s}"))["top1"] for s in (0, 1)]
+    assert rc == 0 and " skip " in text and interval["df"] == 1
+    assert interval["sd"] == pytest.approx(abs(top1[0] - top1[1]) / math.sqrt(2))
+    assert interval["sd_source"].startswith("the study's pooled seed SD")
 
 
 def test_a_claim_is_placed_against_runs_of_the_recipe(world, tmp_path):

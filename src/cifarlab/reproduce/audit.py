@@ -394,7 +394,7 @@ def expected_outcome(checks: list[Check], config: TrainConfig, here: Here) -> Ch
 
 
 def audit_run(run: FinishedRun, config: TrainConfig, config_file: str, here: Here) -> list[Check]:
-    """Every check of one recorded run but the data's."""
+    """Every check of one recorded run (``config``: its own) but the data's."""
     record, metrics = run.record, run.metrics
     checks = [check_top1(record), check_top5(), check_reported_epoch(record, config, metrics),
               check_metrics(record, metrics), check_config(run, config_file, config), check_code(record, here),
@@ -427,7 +427,8 @@ def merge(per_run: dict[str, list[Check]]) -> list[Check]:
 
 def audit(source: Source, here: Here, data: DataHere) -> list[Check]:
     """The audit table: every run's checks (merged over a study's runs), each study variant's config, the data."""
-    per_run = {r.run_id: audit_run(r, v.config, source.config_file, here) for v in source.variants for r in v.runs}
+    per_run = {r.run_id: audit_run(r, recorded_config(r, source.config_file), source.config_file, here)
+               for r in source.runs}
     checks = merge(per_run)
     first = source.variants[0]
     data_line = check_data(first.runs[0].record, first.config, data)

@@ -18,7 +18,7 @@ from ..studies.spec import Study
 from .audit import DIFFERS, OK, REFUSED, Check, Here, audit, load_data_here
 from .record import SUMMARY_FILE, Reproduction, write
 from .render import pct
-from .retrain import refuse_recorded_folders, reproduction_study, study_of_configs
+from .retrain import refuse_recorded_folders, reproduction_seeds, reproduction_study, study_of_configs
 from .source import Source, folder_name, load_source
 from .verdict import best_test_top1, choose_spread, prediction_interval, same_seed, study_lines
 
@@ -146,7 +146,8 @@ def reproduce_source(args: argparse.Namespace) -> int:
     checks = audit(source, here, data)
     rep = Reproduction("audit" if args.audit_only else "reproduce",
                        {"kind": source.kind, "given": source.given, "name": source.name,
-                        "runs": [r.run_id for r in source.runs]}, data.source, _here_info(here), checks)
+                        "runs": [r.run_id for r in source.runs], "notes": source.notes}, data.source,
+                       _here_info(here), checks)
     stopped = not args.audit_only and next(c for c in checks if c.name == "data").status == REFUSED
     if args.audit_only or stopped:
         rep.verdict = _audit_verdict(checks, stopped)
@@ -170,8 +171,6 @@ def check_claim(args: argparse.Namespace) -> int:
     """Train ``--seeds`` runs of the shipped recipe and place ``--claim`` against their prediction interval."""
     if not 0 < args.claim <= 100:
         raise CifarlabError(f"--claim is a top-1 accuracy in percent (0 < claim <= 100), got {args.claim}")
-    if args.seeds < 1:
-        raise CifarlabError(f"--seeds must be at least 1, got {args.seeds}")
     over = set_overrides(args.set, {"model": args.model} | ({"data": args.data} if args.data else {}))
     config = build_config(over)
     name = folder_name(f"claim-{config.model}")
@@ -179,7 +178,7 @@ def check_claim(args: argparse.Namespace) -> int:
     given = " ".join([f"--model {args.model} --claim {args.claim:g} --claim-rule {args.claim_rule}",
                       *(f"--set {item}" for item in args.set or [])])
     study = study_of_configs(name, f"runs of the shipped recipe against {given}",
-                             [(config.model, None, config)], list(range(args.seeds)))
+                             [(config.model, None, config)], reproduction_seeds([0], args.seeds))
     outcomes = execute(study, out, args)
     states, new = _states(study, out)
     rep = Reproduction("claim", {"kind": "claim", "given": given, "name": name, "runs": []}, config.data,

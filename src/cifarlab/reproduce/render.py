@@ -89,7 +89,7 @@ def _head(rec: dict[str, Any], h: str) -> list[str]:
                  + f". Data: `{rec['data'] or 'not read'}`. "
                  f"Here: {here.get('device') or 'device not probed'}, torch {here.get('torch')}, cifarlab "
                  f"{here.get('cifarlab')} at `{here.get('git_commit')}`. Written {rec['created_at']}.")
-    return lines + [""]
+    return lines + [""] + [f"- {note}" for note in src.get("notes", [])] + ([""] if src.get("notes") else [])
 
 
 def summary_markdown(rec: dict[str, Any], level: int = 1) -> str:

@@ -284,6 +284,7 @@ class ReproductionSource(Record):
     given: Text
     name: Name
     runs: list[Text] = Field(default_factory=list, max_length=100_000)
+    notes: list[Text] = Field(default_factory=list, max_length=100_000)
 
 
 class ClaimRecord(Record):
