@@ -20,7 +20,7 @@ from .record import SUMMARY_FILE, Reproduction, write
 from .render import pct
 from .retrain import refuse_recorded_folders, reproduction_seeds, reproduction_study, study_of_configs
 from .source import Source, folder_name, load_source
-from .verdict import best_test_top1, choose_spread, prediction_interval, same_seed, study_lines
+from .verdict import SameSeed, best_test_top1, choose_spread, prediction_interval, same_seed, study_lines
 
 DEFAULT_SEEDS = 3
 INTEGRITY = ("top-1", "reported epoch", METRICS, "training config", "variant config")  # the record against itself
@@ -86,7 +86,7 @@ def _study_spread(source: Source) -> stats.SeedSpread | None:
     return stats.seed_spread([r.record["top1"] for r in runs] for runs in records.values())
 
 
-def _same_seed_text(s) -> str:
+def _same_seed_text(s: SameSeed) -> str:
     if s.differ is None:
         return "same seed not compared image by image"
     if s.identical:
