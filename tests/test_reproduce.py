@@ -21,6 +21,7 @@ from cifarlab.config import build_config
 from cifarlab.data import load_data
 from cifarlab.data.meta import CIFAR100_COARSE, CIFAR100_FINE
 from cifarlab.report.build import ReportOptions, build_report
+from cifarlab.reproduce.audit import Here, check_code, environment_checks, expected_outcome
 from cifarlab.reproduce.verdict import (
     choose_spread,
     mcnemar_exact,
@@ -184,6 +185,43 @@ def test_an_epoch_chosen_on_the_test_set_is_flagged(world, tmp_path, how):
     assert _line(text, "reported epoch").startswith(f"| reported epoch | **differs** | {why}")
     ok, _ = _main(["reproduce", str(world["run"]), "--audit-only", "--out", str(tmp_path / "ok")])
     assert ok == 0
+
+
+def _environment_lines(record: dict, here: dict) -> dict:
+    config = build_config({"model": "resnet20"})
+    checks = [check_code(record, Here(here, probed=True)), *environment_checks(record, config, Here(here, True))]
+    checks.append(expected_outcome(checks, config, Here(here, True)))
+    return {c.name: c for c in checks}
+
+
+HERE_CPU = {"device": "cpu (x86_64, 1 threads)", "device_type": "cpu", "torch": "2.5.1", "cuda": None,
+            "git_commit": COMMIT}
+
+
+def test_another_thread_count_is_named_with_the_setting_that_matches_it():
+    record = {"device": "cpu (x86_64, 4 threads)", "train_step": "eager", "git_commit": COMMIT,
+              "environment": {"torch": "2.5.1", "cuda": None, "device_type": "cpu"}}
+    lines = _environment_lines(record, HERE_CPU)
+    assert lines["device"].status == "differs" and "OMP_NUM_THREADS=4 matches the record" in lines["device"].effect
+    assert [n for n, c in lines.items() if c.status != "ok"] == ["device", "same seed"]
+    assert lines["same seed"].reason == "device differs: the same seed gives other per-image predictions"
+    lines = _environment_lines({**record, "device": "cpu (x86_64, 1 threads)"}, HERE_CPU)
+    assert lines["same seed"].status == "ok"
+
+
+def test_a_gpu_record_against_a_cpu_here():
+    record = {"device": "NVIDIA H100", "train_step": "cuda_graph", "git_commit": COMMIT + "+dirty",
+              "environment": {"torch": "2.5.1+cu124", "cuda": "12.4", "device_type": "cuda"}}
+    lines = _environment_lines(record, HERE_CPU)
+    assert lines["torch"].status == "ok", "the same release; its CUDA build is the CUDA line's"
+    assert (lines["CUDA"].reason, lines["precision"].reason, lines["train step"].reason) == (
+        "12.4 in the record, none here", "bf16 autocast in the record, fp32 here",
+        "cuda_graph in the record, eager here")
+    assert lines["code"].reason.startswith("the record was made from uncommitted changes on c0ffeec0ffee")
+    assert lines["same seed"].reason == "the code differs: the same seed may give other results"
+    gpu = {**HERE_CPU, "device": "NVIDIA H100", "device_type": "cuda", "torch": "2.5.1+cu124", "cuda": "12.4"}
+    lines = _environment_lines({**record, "git_commit": COMMIT}, gpu)
+    assert lines["same seed"].reason == "the same setup, on CUDA without deterministic: the same seed may differ"
 
 
 # ---- the data ----

@@ -381,8 +381,8 @@ def expected_outcome(checks: list[Check], config: TrainConfig, here: Here) -> Ch
     if by["code"].status == DIFFERS:
         return Check("same seed", DIFFERS, "the code differs: the same seed may give other results", ANY_CHANGE)
     if differ:
-        return Check("same seed", DIFFERS, f"{', '.join(differ)} differ: the same seed gives other per-image "
-                                           f"predictions", SEED_NOISE)
+        return Check("same seed", DIFFERS, f"{', '.join(differ)} differ{'s' * (len(differ) == 1)}: the same seed "
+                                           f"gives other per-image predictions", SEED_NOISE)
     if unknown:
         return Check("same seed", REFUSED, f"{', '.join(unknown)} not known: whether the same seed gives identical "
                                            f"predictions cannot be told")

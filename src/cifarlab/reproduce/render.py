@@ -49,7 +49,7 @@ def same_seed_lines(items: list[dict[str, Any]]) -> list[str]:
                          f"{s['recorded_only']:,} images right only in the record, {s['new_only']:,} only now "
                          f"(exact McNemar p = {s['p_value']:.3g}).")
         setup = ("the same device, versions, code and training step" if s["same_setup"] else
-                 "setup differs in " + "; ".join(s["setup_differences"]))
+                 "differs in " + "; ".join(s["setup_differences"]))
         lines[-1] += f" Setup: {setup}."
     return lines
 
@@ -57,12 +57,12 @@ def same_seed_lines(items: list[dict[str, Any]]) -> list[str]:
 def interval_lines(items: list[dict[str, Any]], figure_name: str) -> list[str]:
     lines = []
     for i in items:
-        q = f"t({i['df']:g})" if i["df"] is not None else "z"
+        q, k = f"t({i['df']:g})" if i["df"] is not None else "z", len(i["values"])
         gap = "" if i["gap_sd"] is None else f", {i['gap_sd']:+.1f} seed SDs from their mean"
         lines.append(f"- `{i['variant']}`: {figure_name} {pct(i['figure'])} against the 95 % prediction interval "
-                     f"[{pct(i['low'])}, {pct(i['high'])}] of a single run (mean {pct(i['mean'])} of "
-                     f"{len(i['values'])} new runs ± {q} = {i['quantile']:.2f} x {100 * i['sd']:.2f} pt x "
-                     f"sqrt(1 + 1/{len(i['values'])}); SD: {i['sd_source']}): **{i['verdict']}**{gap}.")
+                     f"[{pct(i['low'])}, {pct(i['high'])}] of a single run (mean {pct(i['mean'])} of {k} new "
+                     f"run{'s' * (k != 1)} ± {q} = {i['quantile']:.2f} x {100 * i['sd']:.2f} pt x sqrt(1 + 1/{k}); "
+                     f"SD: {i['sd_source']}): **{i['verdict']}**{gap}.")
     return lines
 
 
