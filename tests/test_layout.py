@@ -15,7 +15,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "cifarlab"
 RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "result.json", "error.json", "trackers.json", "attempts.json",
-                  "study.json", "run.lock", "manifest.json", "state.pt")
+                  "study.json", "run.lock", "manifest.json", "state.pt", "reproduce.json")
 
 
 def _module(path: Path) -> str:
@@ -168,6 +168,7 @@ def records(tmp_path_factory) -> Path:
     ["study", "table", "s.yaml", "--out", "runs"],
     ["study", "table", "runs/tiny"],
     ["report", "runs", "--out", "report"],
+    ["reproduce", "--audit-only", "runs/tiny/baseline/seed0", "--out", "reproduction"],
 ], ids=lambda a: " ".join(a[:2]))
 def test_commands_that_only_read_records_import_no_training_stack(records, argv):
     seen = _imports_after(argv, records)

@@ -212,9 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .hub.commands import add_commands as hub_commands
     from .report.commands import add_commands as report_commands
     from .report.runs import add_commands as runs_commands
+    from .reproduce.commands import add_commands as reproduce_commands
     from .studies.commands import add_commands as study_commands
 
-    for add in (study_commands, report_commands, runs_commands, hub_commands):
+    for add in (study_commands, report_commands, runs_commands, hub_commands, reproduce_commands):
         add(sub)
     return p
 

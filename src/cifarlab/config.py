@@ -150,6 +150,18 @@ class TrainConfig(BaseModel):
         return self
 
 
+def bf16_autocast(precision: str, device_type: str) -> bool:
+    """Whether the step runs under bf16 autocast: on a GPU unless ``precision`` is fp32; never on the CPU."""
+    return device_type == "cuda" and precision in ("auto", "bf16")
+
+
+def cuda_graph_step(cfg: TrainConfig, device_type: str, world: int = 1) -> bool:
+    """Whether the engine replays the training step as one CUDA graph: on one CUDA device, unless ``cuda_graph`` is
+    off, or auto with ``compile``."""
+    possible = device_type == "cuda" and world == 1
+    return cfg.cuda_graph != "off" and possible and (cfg.cuda_graph == "on" or not cfg.compile)
+
+
 def _loc_text(part: str | int) -> str:
     """A field name as it is; any other key quoted, so that the message stays on one line."""
     return str(part) if isinstance(part, int) or re.fullmatch(r"[A-Za-z0-9_-]+", part) else repr(part)

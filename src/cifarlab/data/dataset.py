@@ -32,6 +32,7 @@ class CifarData:
     std: tuple[float, float, float]
     stats_source: str  # "dataset constants" or "computed from train split"
     val: Split | None = None
+    images_fingerprint: str = ""  # of the source's images, however split (:func:`images_fingerprint`)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -57,6 +58,14 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
+def images_fingerprint(*splits: Split) -> str:
+    """sha256 over the sorted sha256 digests of every image with its label (pixels, then the label as 8 bytes):
+    the same images with the same labels give the same fingerprint however they are split, ordered or stored."""
+    digests = sorted(hashlib.sha256(image.tobytes() + int(label).to_bytes(8, "little")).digest()
+                     for split in splits for image, label in zip(split.images, split.labels, strict=True))
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
 def _splits_to_arrays(train: Split, test: Split) -> dict[str, np.ndarray]:
     out = {"train_x": train.images, "train_y": train.labels, "test_x": test.images, "test_y": test.labels}
     if train.coarse is not None and test.coarse is not None:
@@ -70,13 +79,15 @@ def _arrays_to_splits(z) -> tuple[Split, Split]:
             Split(z["test_x"], z["test_y"], z["test_c"] if c else None))
 
 
-def _read_cache(path: Path) -> tuple[Split, Split] | None:
-    """The cached decoded splits, or None when there is no cache or it cannot be read (then it is rebuilt)."""
+def _read_cache(path: Path) -> tuple[Split, Split, str | None] | None:
+    """The cached decoded splits and their images fingerprint (None from a cache written before it was kept), or
+    None when there is no cache or it cannot be read (then it is rebuilt)."""
     if not path.exists():
         return None
     try:
         with np.load(path) as z:
-            return _arrays_to_splits(z)
+            images_fp = str(z["images_fingerprint"]) if "images_fingerprint" in z.files else None
+            return *_arrays_to_splits(z), images_fp
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
 
@@ -96,12 +107,13 @@ def load_data(dataset: str = "cifar100", source: str | None = None, val_split: i
     cache = cache_root() / f"{info.name}-{key}-v{CACHE_VERSION}.npz"
     cached = _read_cache(cache) if use_cache else None
     if cached is not None:
-        train, test = cached
+        train, test, images_fp = cached
     else:
         train = _decode_split(raw, info, "train")
         test = _decode_split(raw, info, "test")
+        images_fp = images_fingerprint(train, test)
         if use_cache:
-            _atomic_savez(cache, **_splits_to_arrays(train, test))
+            _atomic_savez(cache, **_splits_to_arrays(train, test), images_fingerprint=np.array(images_fp))
     if raw.kind == "synthetic":
         x = train.images.reshape(-1, 3).astype(np.float64) / 255.0
         mean, std = tuple(x.mean(0).round(4).tolist()), tuple(x.std(0).round(4).tolist())
@@ -113,6 +125,7 @@ def load_data(dataset: str = "cifar100", source: str | None = None, val_split: i
         train=train, test=test, classes=info.classes,
         coarse_classes=info.coarse_classes if train.coarse is not None else None,
         mean=mean, std=std, stats_source=stats_source,
+        images_fingerprint=images_fp or images_fingerprint(train, test),
     )
     return carve_validation(data, val_split, val_seed) if val_split else data
 
@@ -152,7 +165,8 @@ def describe(data: CifarData) -> dict:
     """The record of which data a run used."""
     return {
         "dataset": data.name, "source": data.source, "source_kind": data.kind,
-        "dataset_fingerprint": data.fingerprint, "split_sizes": data.split_sizes(),
+        "dataset_fingerprint": data.fingerprint, "images_fingerprint": data.images_fingerprint,
+        "split_sizes": data.split_sizes(),
         "mean": list(data.mean), "std": list(data.std), "stats_source": data.stats_source,
     }
 

@@ -2,7 +2,8 @@
 
 Layout of the output folder (``<ds>/`` only with several datasets)::
 
-    report.md                     the written report
+    report.md                     the written report (with a section per reproduction, ``reproduce.json``,
+                                  found under the reported paths)
     tables/[<ds>/]<study>.{md,tex,csv}
     figures/[<ds>/]<study>/<kind>.{png,svg}
     figures/[<ds>/]gradcam-<run>.{png,svg}
@@ -18,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import CifarlabError
 from ..io import atomic_open
-from ..run import FinishedRun, RunFolder, finished_runs, load_finished, read_result, run_status
-from ..run.folder import METRICS, RESULT
+from ..run import FinishedRun, RunFolder, finished_runs, load_finished, read_reproduction, read_result, run_status
+from ..run.folder import METRICS, REPRODUCE, RESULT, find_run_folders
 from . import budget, figures as fg
 from .calibration import reliability_diagram
 from .records import by_dataset
@@ -101,9 +102,24 @@ def _gradcam(run_dir: Path, folder: Path, n: int, runs: list[FinishedRun]) -> tu
     return known, png, record.record
 
 
+def reproductions(paths: list[Path]) -> list[dict]:
+    """The ``reproduce.json`` records (``cifarlab reproduce --out``) at or below the reported folders, validated."""
+    folders = find_run_folders([p for p in paths if p.is_dir()], marker=REPRODUCE)
+    return [read_reproduction(RunFolder(f)) for f in folders]
+
+
+def reproduction_sections(records: list[dict]) -> str:
+    """The report's reproduction sections, one per ``reproduce.json``."""
+    from ..reproduce.render import summary_markdown
+
+    return "".join("\n" + summary_markdown(rec, level=2) for rec in records)
+
+
 def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
     """Write the report folder; returns the path of report.md and the sections it holds."""
-    runs = finished_runs(opts.paths)
+    runs, found = finished_runs(opts.paths), reproductions(opts.paths)
+    if not runs and found:
+        return _write_text(opts.out / "report.md", "# Report\n" + reproduction_sections(found)), []
     if not runs:
         raise CifarlabError(f"no {RESULT} under {', '.join(map(str, opts.paths))}")
     groups = by_dataset(runs, opts.split_by_dataset)
@@ -141,7 +157,8 @@ def build_report(opts: ReportOptions) -> tuple[Path, list[Section]]:
         cams = [_gradcam(g, out / "figures" / sub, opts.gradcam_images, ds_runs)
                 for g in gradcam_keys.get((dataset, fp), [])]
         sections.append(Section(dataset, fp, ds_runs, tables, figs, files, focus, cams))
-    return _write_text(out / "report.md", report_markdown(sections, out, opts.note)), sections
+    text = report_markdown(sections, out, opts.note) + reproduction_sections(found)
+    return _write_text(out / "report.md", text), sections
 
 
 REPORT_FOLDERS = {budget.REFERENCE: "reference", budget.REDUCED: "reduced-budget", budget.SMOKE: "smoke"}

@@ -14,6 +14,7 @@ from .records import (
                       read_error,
                       read_eval,
                       read_metrics,
+                      read_reproduction,
                       read_result,
                       read_study,
                       read_trackers,
@@ -24,5 +25,5 @@ __all__ = [
     "STATES", "Checkpoint", "FinishedRun", "RunFolder", "RunStatus", "UnsafeRunFile", "config_differences",
     "discover", "find_run_folders", "finished_runs", "hold_lock", "load_finished", "lock_holder", "newest_intact",
     "prune", "read_attempts", "read_config", "read_error", "read_eval", "read_metrics", "read_result",
-    "read_result_head", "read_study", "read_trackers", "run_status", "study_of",
+    "read_reproduction", "read_result_head", "read_study", "read_trackers", "run_status", "study_of",
 ]

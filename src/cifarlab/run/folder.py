@@ -16,7 +16,8 @@ Layout::
     checkpoints/epoch-NNNN/{model.safetensors, ema.safetensors, state.pt, manifest.json}
     tensorboard/    TensorBoard events
 
-A study folder holds ``study.json`` and its runs as ``<variant>/seed<k>``.
+A study folder holds ``study.json`` and its runs as ``<variant>/seed<k>``. A reproduction folder (``cifarlab
+reproduce --out``) holds ``reproduce.json`` and the study folder of its runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ EVALS = "evals"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 STUDY = "study.json"
+REPRODUCE = "reproduce.json"
 # Sub-folders of a run that never hold another run (searches for run folders do not descend into them).
 RUN_SUBFOLDERS = frozenset({CHECKPOINTS, TENSORBOARD, EVALS, "wandb", "mlruns"})
 SEED_FOLDER = re.compile(r"^seed(\d{1,18})$")
@@ -53,7 +55,7 @@ KiB, MiB = 1 << 10, 1 << 20
 # The largest file of each kind that is read. A record of the full CIFAR test split (10,000 per-image entries) is
 # about 200 KB; a metrics line per epoch for thousands of epochs a few MB.
 MAX_BYTES = {CONFIG: MiB, RESULT: 64 * MiB, METRICS: 64 * MiB, ERROR: MiB, TRACKERS: 64 * KiB,
-             ATTEMPTS: 4 * MiB, STUDY: 16 * MiB, "eval": 64 * MiB, "manifest": 64 * KiB}
+             ATTEMPTS: 4 * MiB, STUDY: 16 * MiB, REPRODUCE: 16 * MiB, "eval": 64 * MiB, "manifest": 64 * KiB}
 
 
 class UnsafeRunFile(CifarlabError):

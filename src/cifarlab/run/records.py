@@ -1,9 +1,9 @@
 """One validating reader per file of a run folder: types, ranges and sizes checked before anything uses a value.
 
 Every command that reads a run folder (``runs``, ``report``, ``eval``, ``predict``, ``push``, ``train --resume``,
-``study``, ``reproduce``) reads it through these functions, so the same damaged field is refused the same way
-everywhere: one :class:`~cifarlab.CifarlabError` line that names the file and the field. Records are parsed by
-pydantic's JSON parser, which bounds nesting; each file kind has a size limit
+``study``, ``reproduce``) or a reproduction's ``reproduce.json`` reads it through these functions, so the same
+damaged field is refused the same way everywhere: one :class:`~cifarlab.CifarlabError` line that names the file
+and the field. Records are parsed by pydantic's JSON parser, which bounds nesting; each file kind has a size limit
 (:data:`cifarlab.run.folder.MAX_BYTES`); lists of per-image values are bounded by the record's size.
 """
 
@@ -18,12 +18,13 @@ from pydantic_core import from_json
 
 from .. import CifarlabError
 from ..config import TrainConfig, format_validation_error
-from .folder import ATTEMPTS, CONFIG, ERROR, EVALS, MAX_BYTES, METRICS, RESULT, STUDY, TRACKERS, RunFolder
+from .folder import ATTEMPTS, CONFIG, ERROR, EVALS, MAX_BYTES, METRICS, REPRODUCE, RESULT, STUDY, TRACKERS, RunFolder
 
 NUM_CLASSES = {"cifar100": 100, "cifar10": 10}
 MAX_METRIC = 1e12  # a metrics value beyond this is damage (and breaks the figures' axes)
 MAX_INT = 2**63 - 1
 MAX_IMAGES = 10_000_000
+MAX_SEEDS_RECORDED = 100_000
 HEX64 = r"^[0-9a-f]{64}$"
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
@@ -31,6 +32,7 @@ Count = Annotated[int, Field(ge=0, le=MAX_INT)]
 Seconds = Annotated[float, Field(ge=0, le=1e12)]
 Text = Annotated[str, Field(max_length=4096)]
 Name = Annotated[str, Field(min_length=1, max_length=200)]
+Real = Annotated[float, Field(ge=-1e6, le=1e6)]
 
 
 class Record(BaseModel):
@@ -90,6 +92,7 @@ class RunResult(PerImageScores):
     """``result.json``: the record of a finished run (the README's "What a run records")."""
 
     dataset_fingerprint: Annotated[str, Field(min_length=1, max_length=200)]
+    images_fingerprint: Annotated[str, Field(pattern=HEX64)] | None = None
     params: Count
     macs: Count
     seed: Count
@@ -206,6 +209,110 @@ class StudyDescription(Record):
     variants: list[StudyVariant] = Field(default_factory=list, max_length=100_000)
 
 
+class ReproductionCheck(Record):
+    """One line of a reproduction's audit."""
+
+    name: Name
+    status: Literal["ok", "differs", "refused"]
+    reason: Text
+    effect: Text = ""
+    runs: Text = ""
+
+
+class SameSeedComparison(Record):
+    """A recorded run against its re-run with the same seed, image by image."""
+
+    variant: Name
+    seed: Count
+    recorded_top1: Fraction
+    new_top1: Fraction
+    images: Count
+    differ: Count | None = None
+    recorded_only: Count | None = None
+    new_only: Count | None = None
+    p_value: Fraction | None = None
+    same_setup: bool
+    setup_differences: list[Text] = Field(default_factory=list, max_length=64)
+    note: Text = ""
+
+
+class PredictionIntervalRecord(Record):
+    """A recorded figure against the prediction interval of a single run's top-1."""
+
+    variant: Name
+    figure: Fraction
+    values: list[Fraction] = Field(max_length=MAX_SEEDS_RECORDED)
+    mean: Fraction
+    sd: Annotated[float, Field(ge=0, le=1)]
+    sd_source: Text
+    df: Annotated[float, Field(ge=1, le=1e12)] | None = None
+    quantile: Annotated[float, Field(gt=0, le=1e3)]
+    low: Real
+    high: Real
+    verdict: Literal["reproduced", "higher than reproducible", "lower than reproducible"]
+    gap_sd: Real | None = None
+
+
+class StudyLineRecord(Record):
+    """A variant's difference to its baseline and verdict, recorded and re-derived from the new seeds."""
+
+    variant: Name
+    baseline: Name | None = None
+    recorded_delta: Real | None = None
+    recorded_low: Real | None = None
+    recorded_high: Real | None = None
+    recorded_verdict: Text = ""
+    recorded_seeds: Count = 0
+    new_delta: Real | None = None
+    new_low: Real | None = None
+    new_high: Real | None = None
+    new_verdict: Text = ""
+    new_seeds: Count = 0
+    changed: bool = False
+
+
+class NewRun(Record):
+    run_id: Text
+    seed: Count
+    state: Annotated[str, Field(max_length=32)]
+    top1: Fraction | None = None
+    path: Text = ""
+
+
+class ReproductionSource(Record):
+    kind: Literal["run", "study", "hub", "hub-folder", "claim"]
+    given: Text
+    name: Name
+    runs: list[Text] = Field(default_factory=list, max_length=100_000)
+    notes: list[Text] = Field(default_factory=list, max_length=100_000)
+
+
+class ClaimRecord(Record):
+    model: Name
+    value: Fraction
+    rule: Literal["final", "best"]
+    note: Text = ""
+
+
+class Reproduction(Record):
+    """``reproduce.json``: what ``cifarlab reproduce`` checked, re-trained and concluded."""
+
+    mode: Literal["audit", "reproduce", "claim"]
+    created_at: Text = ""
+    source: ReproductionSource
+    data: Text | None = None
+    here: dict[Annotated[str, Field(max_length=64)], Text | None] = Field(default_factory=dict, max_length=64)
+    budget: dict[Annotated[str, Field(max_length=64)], Text | Count | Real | list[Count] | None] = Field(
+        default_factory=dict, max_length=64)
+    checks: list[ReproductionCheck] = Field(default_factory=list, max_length=100_000)
+    runs: list[NewRun] = Field(default_factory=list, max_length=100_000)
+    same_seed: list[SameSeedComparison] = Field(default_factory=list, max_length=100_000)
+    intervals: list[PredictionIntervalRecord] = Field(default_factory=list, max_length=100_000)
+    study: list[StudyLineRecord] = Field(default_factory=list, max_length=100_000)
+    claim: ClaimRecord | None = None
+    verdict: Text = ""
+
+
 def _damaged(where: str, err: ValidationError) -> CifarlabError:
     first = err.errors()[0]
     if first["type"] == "json_invalid":
@@ -235,13 +342,13 @@ def _read(folder: RunFolder, parts: tuple[str, ...], model: type[Record], limit:
         raise _damaged(where, err) from None
 
 
-def read_config(folder: RunFolder) -> TrainConfig:
-    """``config.json`` as a :class:`TrainConfig`."""
-    where = folder.path(CONFIG)
+def read_config(folder: RunFolder, name: str = CONFIG) -> TrainConfig:
+    """``config.json`` (or the training config of another layout, by ``name``) as a :class:`TrainConfig`."""
+    where = folder.path(name)
     try:
-        data = folder.read_bytes(CONFIG, limit=MAX_BYTES[CONFIG])
+        data = folder.read_bytes(name, limit=MAX_BYTES[CONFIG])
     except FileNotFoundError:
-        raise CifarlabError(f"{folder} is not a run folder (no {CONFIG})") from None
+        raise CifarlabError(f"{folder} is not a run folder (no {name})") from None
     except OSError as e:
         raise CifarlabError(f"{where}: cannot read ({e.strerror or type(e).__name__})") from None
     try:
@@ -295,6 +402,11 @@ def read_attempts(folder: RunFolder) -> list[dict[str, Any]]:
 
 def read_study(folder: RunFolder) -> StudyDescription:
     return _read(folder, (STUDY,), StudyDescription, MAX_BYTES[STUDY])
+
+
+def read_reproduction(folder: RunFolder) -> dict[str, Any]:
+    """``reproduce.json``, validated, as the JSON object it holds."""
+    return _read(folder, (REPRODUCE,), Reproduction, MAX_BYTES[REPRODUCE]).model_dump(mode="json")
 
 
 def _epoch_row(row: Any) -> bool:

@@ -11,7 +11,7 @@ from .. import CifarlabError
 from ..config import set_overrides
 from . import stats
 from .ray_executor import DEFAULT_MAX_RETRIES
-from .runner import plan_lines, records_in, run_study, study_records
+from .runner import Outcome, plan_lines, records_in, run_study, study_records
 from .spec import DEFAULT_MAX_RUNS, Study, load_study, parse_shard, shipped_studies
 from .table import format_table, summary_table
 
@@ -59,20 +59,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 RAY_OPTIONS = ("address", "cpus_per_run", "gpus_per_run", "max_retries", "ray_dashboard")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    study, shard = _study(args), parse_shard(args.shard)
+def execute(study: Study, out: str | Path, args: argparse.Namespace) -> list[Outcome]:
+    """Run what is missing of ``study`` under ``out`` with the executor and shard of the command line
+    (:func:`add_executor_options`)."""
+    shard = parse_shard(args.shard)
     if args.executor == "serial":
         given = [f"--{o.replace('_', '-')}" for o in RAY_OPTIONS if getattr(args, o) not in (None, False)]
         if given:
             raise CifarlabError(f"{', '.join(given)} need --executor ray")
-        outcomes = run_study(study, args.out, shard, progress=not args.no_progress, retry_failed=args.retry_failed)
-    else:
-        from .ray_executor import run_study_ray
+        return run_study(study, out, shard, progress=not args.no_progress, retry_failed=args.retry_failed)
+    from .ray_executor import run_study_ray
 
-        outcomes = run_study_ray(study, args.out, shard, address=args.address, cpus_per_run=args.cpus_per_run or 1,
-                                 gpus_per_run=args.gpus_per_run or 0, retry_failed=args.retry_failed,
-                                 max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
-                                 dashboard=args.ray_dashboard)
+    return run_study_ray(study, out, shard, address=args.address, cpus_per_run=args.cpus_per_run or 1,
+                         gpus_per_run=args.gpus_per_run or 0, retry_failed=args.retry_failed,
+                         max_retries=DEFAULT_MAX_RETRIES if args.max_retries is None else args.max_retries,
+                         dashboard=args.ray_dashboard)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    study = _study(args)
+    outcomes = execute(study, args.out, args)
+    if args.executor == "ray":
         _print_table(f"study {study.name}, runs under {Path(args.out) / study.name}",
                      study.describe()["variants"], study_records(study, args.out), as_json=False)
     return 1 if any(o.status in ("failed", "changed") for o in outcomes) else 0
@@ -111,6 +118,27 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_executor_options(r: argparse.ArgumentParser) -> None:
+    """The options of :func:`execute`: shard, progress, retries, and the executor with its Ray options."""
+    r.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run shard I of N (0-based): every N-th run starting at I; shards' folders merge by copying")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch and per-run lines only)")
+    r.add_argument("--retry-failed", action="store_true", help="run the runs that failed before again (resumed)")
+    r.add_argument("--executor", choices=("serial", "ray"), default="serial",
+                   help="serial: one run after another in this process; ray: one Ray task per run (docs/cluster.md)")
+    g = r.add_argument_group("ray executor (pip install 'cifarlab[ray]')")
+    g.add_argument("--address", metavar="auto|HOST:PORT",
+                   help="the Ray cluster to use; default: a local instance on 127.0.0.1 with this machine's devices")
+    g.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run holds (default 1)")
+    g.add_argument("--gpus-per-run", type=float, metavar="F",
+                   help="GPUs each run holds; a fraction packs runs onto one GPU, e.g. 0.25 (default 0: CPU runs)")
+    g.add_argument("--max-retries", type=int, metavar="K",
+                   help=f"retries of a run whose worker or node dies or that raises (default {DEFAULT_MAX_RETRIES}); "
+                        "each resumes from the run's last complete epoch")
+    g.add_argument("--ray-dashboard", action="store_true",
+                   help="start the local instance with Ray's dashboard (127.0.0.1:8265; needs ray[default])")
+
+
 def add_commands(sub) -> None:
     s = sub.add_parser("study", help="plan, run and tabulate studies (YAML files of variants x seeds)")
     ss = s.add_subparsers(dest="study_command", required=True)
@@ -145,23 +173,7 @@ def add_commands(sub) -> None:
 
     r = ss.add_parser("run", help="run what is missing: skip finished runs, resume interrupted ones, record failures")
     common(r, STUDY_HELP)
-    r.add_argument("--shard", default="0/1", metavar="I/N",
-                   help="run shard I of N (0-based): every N-th run starting at I; shards' folders merge by copying")
-    r.add_argument("--no-progress", action="store_true", help="no progress bars (per-epoch and per-run lines only)")
-    r.add_argument("--retry-failed", action="store_true", help="run the runs that failed before again (resumed)")
-    r.add_argument("--executor", choices=("serial", "ray"), default="serial",
-                   help="serial: one run after another in this process; ray: one Ray task per run (docs/cluster.md)")
-    g = r.add_argument_group("ray executor (pip install 'cifarlab[ray]')")
-    g.add_argument("--address", metavar="auto|HOST:PORT",
-                   help="the Ray cluster to use; default: a local instance on 127.0.0.1 with this machine's devices")
-    g.add_argument("--cpus-per-run", type=float, metavar="N", help="CPUs each run holds (default 1)")
-    g.add_argument("--gpus-per-run", type=float, metavar="F",
-                   help="GPUs each run holds; a fraction packs runs onto one GPU, e.g. 0.25 (default 0: CPU runs)")
-    g.add_argument("--max-retries", type=int, metavar="K",
-                   help=f"retries of a run whose worker or node dies or that raises (default {DEFAULT_MAX_RETRIES}); "
-                        "each resumes from the run's last complete epoch")
-    g.add_argument("--ray-dashboard", action="store_true",
-                   help="start the local instance with Ray's dashboard (127.0.0.1:8265; needs ray[default])")
+    add_executor_options(r)
     r.set_defaults(func=cmd_run)
 
     t = ss.add_parser("table", help="mean ± std per variant and Δ vs the baseline with a 95%% CI")

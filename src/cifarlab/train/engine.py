@@ -33,7 +33,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from .. import CifarlabError
-from ..config import TrainConfig
+from ..config import TrainConfig, cuda_graph_step
 from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, subsample_train
 from ..environment import environment
 from ..models import build_model, count_macs, count_params
@@ -277,11 +277,10 @@ def _accelerator(cfg: TrainConfig, folder: RunFolder) -> Accelerator:
 def _use_cuda_graph(cfg: TrainConfig, device: torch.device, world: int) -> bool:
     if cfg.cuda_graph == "off":
         return False
-    possible = device.type == "cuda" and world == 1
-    if cfg.cuda_graph == "on" and not possible:
+    if cfg.cuda_graph == "on" and not (device.type == "cuda" and world == 1):
         raise CifarlabError(f"cuda_graph on needs a single-process run on a CUDA device (here: {device}, "
                             f"{world} process(es)); use cuda_graph auto or off")
-    return possible and (cfg.cuda_graph == "on" or not cfg.compile)
+    return cuda_graph_step(cfg, device.type, world)
 
 
 def _set_determinism(cfg: TrainConfig) -> None:

@@ -11,14 +11,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import bf16_autocast
 from ..environment import synchronize
 
 ECE_BINS = 15  # equal-width confidence bins of the expected calibration error
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on a GPU unless ``precision`` is fp32; none on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" and precision in ("auto", "bf16") else None
+    """bf16 autocast on a GPU unless ``precision`` is fp32; none on the CPU (:func:`cifarlab.config.bf16_autocast`)."""
+    return torch.bfloat16 if bf16_autocast(precision, device.type) else None
 
 
 def autocast_context(device: torch.device,
