@@ -57,6 +57,26 @@ def test_parquet_folder_with_train_shards(tmp_path):
     assert d.kind == "parquet" and len(d.fingerprint) == 64
 
 
+def test_parquet_row_groups_of_any_size_decode_in_order(tmp_path, monkeypatch):
+    """Files written with several row groups (as large copies are: CIFAR-100's shards hold 5,000 images each) whose
+    ends do not line up with the reader's batches: every image comes back, in order, with its label."""
+    import pyarrow.parquet as pq
+    from cifar_files import images
+
+    from cifarlab.data import parquet
+
+    folder = write_parquet(tmp_path / "one", train=50, test=20, shards=1)
+    split = tmp_path / "groups"
+    split.mkdir()
+    for name in ("train-00000-of-00001.parquet", "test-00000-of-00001.parquet"):
+        pq.write_table(pq.read_table(folder / name), split / name, row_group_size=7)
+    assert pq.ParquetFile(split / "train-00000-of-00001.parquet").metadata.num_row_groups == 8
+    monkeypatch.setattr(parquet, "BATCH_ROWS", 3)
+    d = load_data("cifar100", str(split), use_cache=False)
+    assert np.array_equal(d.train.images, images(50, seed=50)) and np.array_equal(d.test.images, images(20, seed=20))
+    assert d.train.labels.tolist() == [i % 100 for i in range(50)]
+
+
 def test_changed_source_is_detected_and_decoded_again(tmp_path):
     folder = write_parquet(tmp_path / "pq", train=100, test=100, shards=1)
     first = load_data("cifar100", str(folder))

@@ -105,9 +105,16 @@ class ParquetSplit:
         return Split(np.concatenate(images), labels, coarse)
 
     def _images(self, path: Path, first: int) -> Iterator[np.ndarray]:
-        """The file's images, decoded a batch at a time (``first``: the split's row index of its first image)."""
+        """The file's images, decoded ``BATCH_ROWS`` at a time (``first``: the split's row index of its first image).
+
+        Read a row group at a time: pyarrow keeps a nested column dictionary-encoded only when its output is one
+        array, which a batch that crosses a row group's end is not."""
         image_bytes = f"{self.columns.image}.bytes"
         pf = pq.ParquetFile(path, read_dictionary=[image_bytes])
-        for batch in pf.iter_batches(BATCH_ROWS, columns=[image_bytes], use_threads=False):
-            yield decode_image_column(batch.column(self.columns.image), self.where, self.split, int(first))
-            first += batch.num_rows
+        for group in range(pf.metadata.num_row_groups):
+            column = pf.read_row_group(group, columns=[image_bytes], use_threads=False).column(self.columns.image)
+            for chunk in column.chunks:
+                for start in range(0, len(chunk), BATCH_ROWS):
+                    part = chunk.slice(start, BATCH_ROWS)
+                    yield decode_image_column(part, self.where, self.split, int(first))
+                    first += len(part)
