@@ -91,6 +91,8 @@ def test_a_same_seed_rerun_here_is_per_image_identical_and_reproduced(world):
     assert world["rc"] == 0, world["text"]
     rec = read_reproduction(RunFolder(world["out"]))
     assert [(r["seed"], r["state"]) for r in rec["runs"]] == [(0, "done"), (1, "done")]
+    assert [r["path"] for r in rec["runs"]] == ["resnet8-seed0/resnet20/seed0", "resnet8-seed0/resnet20/seed1"], \
+        "the runs are named relative to the folder of reproduce.json"
     recorded = read_result(RunFolder(world["run"]))
     again = {s: read_result(RunFolder(world["out"] / "resnet8-seed0" / "resnet20" / f"seed{s}")) for s in (0, 1)}
     # training on the CPU is deterministic for a seed (no `deterministic` flag): the re-run equals the record, image

@@ -69,10 +69,11 @@ def _budget(study: Study, new: dict[str, list[FinishedRun]]) -> dict[str, Any]:
             "device": ", ".join(sorted({str(r.get("device")) for r in records})) or None}
 
 
-def _run_rows(states: list[RunState]) -> list[dict[str, Any]]:
+def _run_rows(states: list[RunState], out: Path) -> list[dict[str, Any]]:
+    """One row per new run; its path relative to ``out``, where reproduce.json lies (so the folder can move)."""
     return [{"run_id": st.run.run_id, "seed": st.run.seed, "state": st.status,
-             "top1": st.record["top1"] if st.status == "done" and st.record else None, "path": str(st.run_dir)}
-            for st in states]
+             "top1": st.record["top1"] if st.status == "done" and st.record else None,
+             "path": st.run_dir.relative_to(out).as_posix()} for st in states]
 
 
 def _study_spread(source: Source) -> stats.SeedSpread | None:
@@ -156,7 +157,7 @@ def reproduce_source(args: argparse.Namespace) -> int:
     refuse_recorded_folders(study, out, source)
     outcomes = execute(study, out, args)
     states, new = _states(study, out)
-    rep.runs, rep.budget = _run_rows(states), _budget(study, new)
+    rep.runs, rep.budget = _run_rows(states, out), _budget(study, new)
     _verdicts(rep, source, study, new)
     rep.verdict = _verdict_text(rep, all(st.status == "done" for st in states))
     return _finish(rep, out, any(o.status in ("failed", "changed") for o in outcomes))
@@ -182,7 +183,8 @@ def check_claim(args: argparse.Namespace) -> int:
     outcomes = execute(study, out, args)
     states, new = _states(study, out)
     rep = Reproduction("claim", {"kind": "claim", "given": given, "name": name, "runs": []}, config.data,
-                       _here_info(Here.probe(device=True)), runs=_run_rows(states), budget=_budget(study, new),
+                       _here_info(Here.probe(device=True)), runs=_run_rows(states, out),
+                       budget=_budget(study, new),
                        claim={"model": config.model, "value": args.claim / 100, "rule": args.claim_rule,
                               "note": BEST_ON_TEST if args.claim_rule == "best" else FINAL_NOTE})
     values = _claim_values(new.get(config.model, []), args.claim_rule)

@@ -276,7 +276,7 @@ class NewRun(Record):
     seed: Count
     state: Annotated[str, Field(max_length=32)]
     top1: Fraction | None = None
-    path: Text = ""
+    path: Text = ""  # relative to the folder of reproduce.json
 
 
 class ReproductionSource(Record):
