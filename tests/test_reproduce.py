@@ -8,7 +8,10 @@ import importlib.util
 import io
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -566,3 +569,13 @@ def test_wrong_arguments_are_one_line(capsys, argv, message):
     assert main(["reproduce", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_worked_example_in_the_docs_is_generated_from_the_committed_reproduction():
+    root = Path(__file__).resolve().parents[1]
+    record = root / "results" / "reproduce" / "resnet20-cifar100-seed0"
+    assert read_reproduction(RunFolder(record))["same_seed"][0]["differ"] == 0
+    proc = subprocess.run([sys.executable, str(root / "scripts" / "make_reproduce_doc.py"), str(record), "--check"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])})
+    assert proc.returncode == 0, proc.stderr
