@@ -51,7 +51,7 @@ def run(trained, tmp_path):
 # ---------------------------------------------------------------- calibration
 
 
-def test_images(run: Path) -> tuple[torch.Tensor, np.ndarray]:
+def held_out_images(run: Path) -> tuple[torch.Tensor, np.ndarray]:
     """The test split of TINY's data (synthetic seed 0, split 1) scaled to [0, 1] and standardised with the record's
     mean and std, as the engine does (NCHW float32), and its labels."""
     rec = read_json(run / "result.json")
@@ -64,7 +64,7 @@ def test_images(run: Path) -> tuple[torch.Tensor, np.ndarray]:
 def logits_by_hand(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """The run's newest checkpoint model on its test images: float64 logits, labels."""
     _, model, _, _ = load_run_model(run)
-    x, labels = test_images(run)
+    x, labels = held_out_images(run)
     return model(x).double().numpy(), labels
 
 
@@ -118,7 +118,7 @@ def test_eval_nll_and_ece_match_a_hand_computation_over_many_bins(run):
     """A head fitted by least squares to noisy one-hot targets of the test images is right on some and spreads its
     confidences over most bins, with accuracies that differ between bins: the binning itself is checked."""
     _, model, epoch, _ = load_run_model(run)
-    x, labels = test_images(run)
+    x, labels = held_out_images(run)
     features = torch.cat([model.forward_head(model.forward_features(x), pre_logits=True), torch.ones(100, 1)], 1)
     noisy = 6 * torch.eye(100)[labels] + 3 * torch.randn(100, 100, generator=torch.Generator().manual_seed(3))
     head = torch.linalg.lstsq(features, noisy).solution
