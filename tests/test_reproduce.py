@@ -575,6 +575,8 @@ def test_the_worked_example_in_the_docs_is_generated_from_the_committed_reproduc
     root = Path(__file__).resolve().parents[1]
     record = root / "results" / "reproduce" / "resnet20-cifar100-seed0"
     assert read_reproduction(RunFolder(record))["same_seed"][0]["differ"] == 0
+    summary = (record / "reproduce.md").read_text()  # the data shown by kind and name, not by a path on a machine
+    assert "Data: a local parquet copy named `cifar100`." in summary and "../" not in summary
     proc = subprocess.run([sys.executable, str(root / "scripts" / "make_reproduce_doc.py"), str(record), "--check"],
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])})

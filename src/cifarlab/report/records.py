@@ -142,10 +142,16 @@ def group_variants(runs: list[FinishedRun]) -> list[Variant]:
 def source_text(record: dict[str, Any]) -> str:
     """Where a run's data came from, fit for a page: a Hub id or a synthetic source as recorded, a local copy by its
     folder or file name only (the record keeps the path as the user gave it; the fingerprint identifies the data)."""
-    source, kind = str(record.get("source", "?")), record.get("source_kind", "?")
+    return data_source_text(str(record.get("source", "?")), record.get("source_kind", "?"))
+
+
+def data_source_text(source: str, kind: str | None) -> str:
+    """A data source fit for a page: a Hub id or a synthetic source as given, a local copy (``kind``: parquet,
+    pickle, or None when unknown) by its folder or file name only — a path on someone's machine means nothing to a
+    reader, and the fingerprint identifies the data."""
     if kind in ("hub", "synthetic"):
         return f"`{source}` ({kind})"
-    return f"a local {kind} copy named `{Path(source).name or source}`"
+    return f"a local {f'{kind} ' if kind else ''}copy named `{Path(source).name or source}`"
 
 
 def run_ids(runs: list[FinishedRun]) -> dict[Path, str]:

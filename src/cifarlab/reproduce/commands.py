@@ -148,7 +148,7 @@ def reproduce_source(args: argparse.Namespace) -> int:
     rep = Reproduction("audit" if args.audit_only else "reproduce",
                        {"kind": source.kind, "given": source.given, "name": source.name,
                         "runs": [r.run_id for r in source.runs], "notes": source.notes}, data.source,
-                       _here_info(here), checks)
+                       _here_info(here), checks, data_kind=data.data.kind if data.data else None)
     stopped = not args.audit_only and next(c for c in checks if c.name == "data").status == REFUSED
     if args.audit_only or stopped:
         rep.verdict = _audit_verdict(checks, stopped)
@@ -186,7 +186,8 @@ def check_claim(args: argparse.Namespace) -> int:
                        _here_info(Here.probe(device=True)), runs=_run_rows(states, out),
                        budget=_budget(study, new),
                        claim={"model": config.model, "value": args.claim / 100, "rule": args.claim_rule,
-                              "note": BEST_ON_TEST if args.claim_rule == "best" else FINAL_NOTE})
+                              "note": BEST_ON_TEST if args.claim_rule == "best" else FINAL_NOTE},
+                       data_kind=next((r.record.get("source_kind") for rs in new.values() for r in rs), None))
     values = _claim_values(new.get(config.model, []), args.claim_rule)
     if values:
         rep.intervals.append(prediction_interval(config.model, args.claim / 100, values, choose_spread(values)))

@@ -24,7 +24,7 @@ class Reproduction:
 
     mode: str  # audit | reproduce | claim
     source: dict[str, Any]  # kind, given, name, runs (the recorded run ids)
-    data: str | None
+    data: str | None  # the data source as given (or the record's own)
     here: dict[str, Any]
     checks: list[Check] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
@@ -34,6 +34,7 @@ class Reproduction:
     study: list[StudyLine] = field(default_factory=list)
     claim: dict[str, Any] | None = None
     verdict: str = ""
+    data_kind: str | None = None  # hub, parquet, pickle or synthetic, when the data was read
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
     def to_json(self) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..report.records import data_source_text
+
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f} %"
@@ -86,7 +88,7 @@ def _head(rec: dict[str, Any], h: str) -> list[str]:
     here = rec["here"]
     n = len(src["runs"])
     lines.append(f"Source: {src['kind']} `{src['given']}`" + (f" ({n} recorded run{'s' * (n != 1)})" if n else "")
-                 + f". Data: `{rec['data'] or 'not read'}`. "
+                 + f". Data: {data_source_text(rec['data'], rec.get('data_kind')) if rec['data'] else 'not read'}. "
                  f"Here: {here.get('device') or 'device not probed'}, torch {here.get('torch')}, cifarlab "
                  f"{here.get('cifarlab')} at `{here.get('git_commit')}`. Written {rec['created_at']}.")
     return lines + [""] + [f"- {note}" for note in src.get("notes", [])] + ([""] if src.get("notes") else [])

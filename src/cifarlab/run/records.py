@@ -301,6 +301,7 @@ class Reproduction(Record):
     created_at: Text = ""
     source: ReproductionSource
     data: Text | None = None
+    data_kind: Annotated[str, Field(max_length=32)] | None = None
     here: dict[Annotated[str, Field(max_length=64)], Text | None] = Field(default_factory=dict, max_length=64)
     budget: dict[Annotated[str, Field(max_length=64)], Text | Count | Real | list[Count] | None] = Field(
         default_factory=dict, max_length=64)
