@@ -20,14 +20,14 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic_core import from_json
 
 from .. import CifarlabError
 from ..config import TrainConfig
-from .checkpoints import newest_intact
+from .checkpoints import Checkpoint, newest_intact
 from .folder import CONFIG, ERROR, LOCK, MAX_BYTES, RESULT, RunFolder, UnsafeRunFile
 from .records import RunResult, _damaged, read_config, read_error, read_result
 
@@ -47,6 +47,8 @@ class RunStatus:
     config: TrainConfig | None = None
     record: dict[str, Any] | None = None  # done: result.json (only its head with ``head=True``)
     damaged: bool = False  # failed because a file of the folder is damaged (``detail`` says which and how)
+    differences: tuple[str, ...] = ()  # changed: the config fields that differ
+    checkpoint: Checkpoint | None = None  # unfinished: the newest intact checkpoint, the one a resume continues
 
 
 def config_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
@@ -139,7 +141,8 @@ def run_status(folder: RunFolder, wanted: TrainConfig | None = None, *, head: bo
     if wanted is not None:
         diff = config_differences(config, wanted)
         if diff:
-            return RunStatus(folder, "changed", 0, f"the folder holds a run with different {', '.join(diff)}", config)
+            return RunStatus(folder, "changed", 0, f"the folder holds a run with different {', '.join(diff)}", config,
+                             differences=tuple(diff))
     holder = lock_holder(folder)
     if folder.exists(RESULT) and holder is None:
         try:
@@ -151,8 +154,8 @@ def run_status(folder: RunFolder, wanted: TrainConfig | None = None, *, head: bo
     checkpoint = newest_intact(folder)
     epoch = checkpoint.epoch if checkpoint else 0
     if holder is not None:
-        return RunStatus(folder, "running", epoch, f"by {holder}", config)
+        return RunStatus(folder, "running", epoch, f"by {holder}", config, checkpoint=checkpoint)
     if folder.exists(ERROR):
-        return _failed(folder, epoch, config)
+        return replace(_failed(folder, epoch, config), checkpoint=checkpoint)
     detail = f"after epoch {epoch} of {config.epochs}" if epoch else "before its first checkpoint"
-    return RunStatus(folder, "interrupted", epoch, detail, config)
+    return RunStatus(folder, "interrupted", epoch, detail, config, checkpoint=checkpoint)

@@ -38,7 +38,7 @@ from ..data import BatchAugment, CifarData, DeviceLoader, describe, load_data, s
 from ..environment import environment
 from ..models import build_model, count_macs, count_params
 from ..models.complexity import MAC_CONVENTION
-from ..run import Checkpoint, RunFolder, hold_lock, newest_intact, read_metrics, run_status
+from ..run import Checkpoint, RunFolder, RunStatus, hold_lock, read_metrics, run_status
 from ..run.folder import CONFIG, ERROR, METRICS, RESULT, TENSORBOARD
 from ..run.records import metrics_line
 from .checkpoint import save_checkpoint
@@ -150,10 +150,9 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
     """
     wall_start = time.perf_counter()
     folder = RunFolder(run_dir)
-    if resume and not overwrite:
-        finished = _finished_record(folder, cfg)
-        if finished is not None:
-            return finished
+    status = _resumable_status(folder, cfg) if resume and not overwrite else None
+    if status is not None and status.state == "done":
+        return status.record
     accelerator = _accelerator(cfg, folder)
     graph = _use_cuda_graph(cfg, accelerator.device, accelerator.num_processes)
     session = Session(cfg, folder, accelerator, _run_data(cfg, accelerator, data), wall_start, graph)
@@ -167,20 +166,21 @@ def fit(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrit
             folder.remove(ERROR)
         for n in session.data.notes:
             accelerator.print(n)
-        result = _train(session, model, resume, progress, on_epoch_end)
+        result = _train(session, model, status if resume else None, progress, on_epoch_end)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
 
-def _train(session: Session, model: torch.nn.Module, resume: bool, progress: bool,
+def _train(session: Session, model: torch.nn.Module, resumed: RunStatus | None, progress: bool,
            on_epoch_end: Callable | None) -> dict:
-    """Build (or restore) the step, run the remaining epochs, and write the record."""
+    """Build (or, with the ``resumed`` folder's status, restore) the step, run the remaining epochs, and write the
+    record."""
     cfg, folder, device = session.cfg, session.folder, session.device
     params, macs = count_params(model), count_macs(model)
     model = model.to(device=device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
     train_loader, eval_loaders = _loaders(session)
-    checkpoint = _resume_point(session) if resume else None
+    checkpoint = _resume_point(session, resumed) if resumed is not None else None
     start_epoch = checkpoint.epoch + 1 if checkpoint else 1
     forward = session.accelerator.prepare_model(model) if session.world > 1 else model  # DDP across processes
     if cfg.compile:
@@ -225,19 +225,18 @@ def _train(session: Session, model: torch.nn.Module, resume: bool, progress: boo
     return result
 
 
-def _finished_record(folder: RunFolder, cfg: TrainConfig) -> dict | None:
-    """``--resume`` of a finished run returns its record; one of another config, or a folder with a damaged file,
-    is refused."""
+def _resumable_status(folder: RunFolder, cfg: TrainConfig) -> RunStatus:
+    """The status of the folder ``--resume`` continues (a finished run's record is returned as it is); one of
+    another config, one being trained, or one with a damaged file is refused."""
     status = run_status(folder, cfg)
     if status.damaged:
         raise CifarlabError(status.detail)
     if status.state == "changed":
-        raise CifarlabError(f"--resume: the config differs from the saved run in "
-                            f"{status.detail.removeprefix('the folder holds a run with different ')}; "
+        raise CifarlabError(f"--resume: the config differs from the saved run in {', '.join(status.differences)}; "
                             f"use --overwrite to start again")
     if status.state == "running":
         raise CifarlabError(f"{folder} is being trained {status.detail}; wait for it or stop it first")
-    return status.record if status.state == "done" else None
+    return status
 
 
 def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrite: bool) -> bool:
@@ -253,12 +252,7 @@ def _prepare_run_dir(folder: RunFolder, cfg: TrainConfig, resume: bool, overwrit
         elif not resume:
             raise CifarlabError(f"{root} already holds a run; pass --resume to continue it or --overwrite to "
                                 f"replace it")
-        elif folder.exists(CONFIG):
-            status = run_status(folder, cfg)
-            if status.state == "changed":
-                raise CifarlabError(f"--resume: the config differs from the saved run in "
-                                    f"{status.detail.removeprefix('the folder holds a run with different ')}; "
-                                    f"use --overwrite to start again")
+        elif folder.exists(CONFIG):  # the same config: checked with the folder's status before anything was loaded
             return False
     folder.write_json(CONFIG, obj=cfg.model_dump(mode="json"))
     return True
@@ -333,10 +327,11 @@ def _loaders(session: Session) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
     return train, evals
 
 
-def _resume_point(session: Session) -> Checkpoint | None:
-    """The newest intact checkpoint to continue from; metric lines after it are dropped (they are written again)."""
+def _resume_point(session: Session, status: RunStatus) -> Checkpoint | None:
+    """The newest intact checkpoint to continue from (found by the folder's status, not searched again); metric
+    lines after it are dropped (they are written again)."""
     folder, print_ = session.folder, session.accelerator.print
-    found = newest_intact(folder)
+    found = status.checkpoint
     if found is None and folder.listdir("checkpoints"):
         print_(f"no intact checkpoint in {folder.path('checkpoints')}; starting again from epoch 1")
     for note in found.notes if found else []:
