@@ -17,6 +17,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 
 import cifarlab.environment
 from cifarlab.cli import main
@@ -581,3 +582,15 @@ def test_the_worked_example_in_the_docs_is_generated_from_the_committed_reproduc
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])})
     assert proc.returncode == 0, proc.stderr
+
+
+def test_device_cpu_hides_cuda_from_the_runs_and_cuda_is_refused_without_one(tmp_path, monkeypatch, capsys):
+    from cifarlab.reproduce.commands import use_device
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # restored after the test
+    use_device("cpu")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["reproduce", str(tmp_path / "anything"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda: no CUDA device here" in err[0]

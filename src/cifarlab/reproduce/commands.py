@@ -4,6 +4,7 @@ from elsewhere (``--model M --claim PCT``) against runs of cifarlab's recipe."""
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,21 @@ def check_claim(args: argparse.Namespace) -> int:
     return _finish(rep, out, any(o.status in ("failed", "changed") for o in outcomes))
 
 
+def use_device(device: str) -> None:
+    """``--device cpu`` hides CUDA devices from this process, and so from its runs and a local Ray instance it
+    starts, before torch is imported; ``--device cuda`` is refused where there is none; ``auto`` takes a CUDA
+    device when there is one."""
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    elif device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CifarlabError("--device cuda: no CUDA device here (use --device cpu or auto)")
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    use_device(args.device)
     claim = args.model is not None or args.claim is not None
     if claim == (args.source is not None):
         raise CifarlabError("give a SOURCE to reproduce, or --model M --claim PCT to check a claim (not both)")
@@ -226,6 +241,9 @@ def add_commands(sub) -> None:
     p.add_argument("--audit-only", action="store_true",
                    help="only the audit: no training (and, without --data, no data read and no torch imported)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) of a Hub SOURCE")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the runs train: auto (a CUDA device when there is one, default), cpu (CUDA hidden from "
+                        "this process and a local Ray instance), cuda (refused without one)")
     c = p.add_argument_group("a claim from elsewhere (instead of a SOURCE)")
     c.add_argument("--model", help="registered model to train at its shipped recipe")
     c.add_argument("--claim", type=float, metavar="PCT", help="the claimed top-1 in percent, e.g. 72.3")
